@@ -1,0 +1,234 @@
+"""`Prediction`: the one result type every method returns and every consumer reads.
+
+A Prediction holds, on the input image's geometry, any of: a probability map, a binary mask
+with its threshold, lesion points with scores, boxes with scores (physical coordinates),
+and image/slice-level class probabilities, plus provenance.  The CLI writers below, the
+Slicer adapter and the evaluators consume it without knowing which method produced it.
+
+Files written by `write_prediction(pred, out_dir)` (all opened by Slicer as they are):
+  probability.nrrd   float32 map, the input's geometry
+  mask.seg.nrrd      segmentation with one "Lesion" segment
+  boxes.mrk.json     ROI markups, one per box, score as a measurement
+  points.mrk.json    fiducial markups, one control point per lesion candidate
+  classes.json/.csv  image- or slice-level class probabilities
+  prediction.json    manifest: provenance, geometry, threshold, what was written
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io as _io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .errors import input_error
+from .files import atomic_path, refuse_existing, write_json, write_text
+from .geometry import Geometry
+
+MANIFEST = "prediction.json"
+FILES = {
+    "probability": "probability.nrrd",
+    "mask": "mask.seg.nrrd",
+    "boxes": "boxes.mrk.json",
+    "points": "points.mrk.json",
+    "classes_json": "classes.json",
+    "classes_csv": "classes.csv",
+}
+
+
+@dataclass
+class LesionPoint:
+    """A lesion candidate: a physical position (LPS mm) with a score in [0, 1]."""
+
+    position: tuple[float, float, float]
+    score: float = 1.0
+    label: str = "lesion"
+
+    def __post_init__(self):
+        self.position = tuple(float(v) for v in self.position)
+        self.score = float(self.score)
+
+
+@dataclass
+class LesionBox:
+    """A box in physical space: centre (LPS mm), edge lengths (mm) along its own axes.
+
+    `axes` is row-major 3x3 whose columns are the box's axis directions in LPS; for a box
+    drawn on an image grid these are the image's direction columns (identity for an
+    axis-aligned image).  `extra` carries method-specific facts (e.g. the key slice index
+    and 2-D pixel box of a DeepLesion-style detection).
+    """
+
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]
+    score: float = 1.0
+    label: str = "lesion"
+    axes: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.center = tuple(float(v) for v in np.ravel(self.center))
+        self.size = tuple(float(v) for v in np.ravel(self.size))
+        self.axes = tuple(float(v) for v in np.ravel(self.axes))
+        self.score = float(self.score)
+
+    @classmethod
+    def from_index_range(cls, geometry: Geometry, index_min, index_max, **kwargs) -> "LesionBox":
+        """The box covering voxels index_min..index_max inclusive ((x, y, z) order) of an image."""
+        centre, size, axes = geometry.axis_aligned_box(index_min, index_max)
+        return cls(center=centre, size=size, axes=axes, **kwargs)
+
+    def corners(self) -> np.ndarray:
+        """The 8 corners in LPS mm, (8, 3)."""
+        axes = np.asarray(self.axes).reshape(3, 3)
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+        return np.asarray(self.center) + (signs * np.asarray(self.size) / 2) @ axes.T
+
+
+@dataclass
+class ClassResult:
+    """Class probabilities for the whole image (scope "image") or one slice/vertebra."""
+
+    probabilities: dict[str, float]
+    scope: str = "image"
+    index: int | None = None
+
+    @property
+    def label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+
+@dataclass
+class Provenance:
+    method: str
+    model_id: str = ""
+    model_version: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    input: str = ""
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    lesiondetect_version: str = __version__
+
+
+@dataclass
+class Prediction:
+    geometry: Geometry
+    provenance: Provenance
+    probability: np.ndarray | None = None  # float32 (z, y, x) in [0, 1]
+    mask: np.ndarray | None = None  # uint8 (z, y, x), 1 = lesion
+    threshold: float | None = None  # the threshold that made `mask` from `probability`
+    points: list[LesionPoint] = field(default_factory=list)
+    boxes: list[LesionBox] = field(default_factory=list)
+    classes: list[ClassResult] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("probability", "mask"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != self.geometry.shape:
+                raise ValueError(f"{name} shape {arr.shape} differs from the geometry's (z, y, x) {self.geometry.shape}")
+        if self.probability is not None:
+            self.probability = np.asarray(self.probability, dtype=np.float32)
+        if self.mask is not None:
+            self.mask = (np.asarray(self.mask) > 0).astype(np.uint8)
+
+    def thresholded(self, threshold: float) -> np.ndarray:
+        """The mask at another threshold (probability >= threshold), without rerunning a model."""
+        if self.probability is None:
+            raise ValueError("this prediction has no probability map to threshold")
+        return (self.probability >= threshold).astype(np.uint8)
+
+
+# --- writing and reading -------------------------------------------------------------------
+
+def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
+    """Write every part `pred` has into `out_dir` (see the module docstring); returns the paths.
+
+    Refuses to overwrite an earlier prediction in `out_dir` unless overwrite=True.  Each file
+    is written atomically, the manifest last, so a reader never sees a half-written result.
+    """
+    from . import markups, segnrrd  # imported here: both pull in optional format code
+
+    out = Path(out_dir)
+    if not overwrite:
+        for name in [MANIFEST, *FILES.values()]:
+            refuse_existing(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if pred.probability is not None:
+        with atomic_path(out / FILES["probability"], overwrite=overwrite) as tmp:
+            sitk.WriteImage(pred.geometry.image(pred.probability), str(tmp), useCompression=True)
+        written["probability"] = out / FILES["probability"]
+    if pred.mask is not None:
+        segment = segnrrd.lesion_segment()
+        written["mask"] = segnrrd.write_segmentation(out / FILES["mask"], pred.mask, pred.geometry, [segment],
+                                                     overwrite=overwrite)
+    if pred.boxes:
+        written["boxes"] = markups.write_boxes(out / FILES["boxes"], pred.boxes, overwrite=overwrite)
+    if pred.points:
+        written["points"] = markups.write_points(out / FILES["points"], pred.points, overwrite=overwrite)
+    if pred.classes:
+        written["classes_json"] = write_json(out / FILES["classes_json"], [asdict(c) for c in pred.classes],
+                                             overwrite=overwrite)
+        written["classes_csv"] = write_text(out / FILES["classes_csv"], _classes_csv(pred.classes), overwrite=overwrite)
+    manifest = {
+        "format": "lesiondetect-prediction",
+        "format_version": 1,
+        "provenance": asdict(pred.provenance),
+        "geometry": pred.geometry.to_dict(),
+        "threshold": pred.threshold,
+        "counts": {"points": len(pred.points), "boxes": len(pred.boxes), "classes": len(pred.classes),
+                   "mask_voxels": int(pred.mask.sum()) if pred.mask is not None else None},
+        "files": {k: p.name for k, p in written.items()},
+    }
+    written["manifest"] = write_json(out / MANIFEST, manifest, overwrite=overwrite)
+    return written
+
+
+def read_prediction(out_dir: str | os.PathLike) -> Prediction:
+    """Read back what `write_prediction` wrote."""
+    from . import markups, segnrrd
+
+    out = Path(out_dir)
+    manifest_path = out / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise input_error(manifest_path, "not found: not a LesionDetect prediction folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise input_error(manifest_path, f"not valid JSON ({exc})") from None
+    if manifest.get("format") != "lesiondetect-prediction":
+        raise input_error(manifest_path, "is not a LesionDetect prediction manifest")
+    files = manifest.get("files", {})
+    geometry = Geometry.from_dict(manifest["geometry"])
+    pred = Prediction(geometry=geometry, provenance=Provenance(**manifest["provenance"]),
+                      threshold=manifest.get("threshold"))
+    if "probability" in files:
+        pred.probability = sitk.GetArrayFromImage(sitk.ReadImage(str(out / files["probability"]))).astype(np.float32)
+    if "mask" in files:
+        seg = segnrrd.read_segmentation(out / files["mask"])
+        pred.mask = seg.mask(seg.segments[0].id, geometry).astype(np.uint8)
+    if "boxes" in files:
+        pred.boxes = markups.read_boxes(out / files["boxes"])
+    if "points" in files:
+        pred.points = markups.read_points(out / files["points"])
+    if "classes_json" in files:
+        pred.classes = [ClassResult(**c) for c in json.loads((out / files["classes_json"]).read_text())]
+    return pred
+
+
+def _classes_csv(classes: list[ClassResult]) -> str:
+    names = sorted({k for c in classes for k in c.probabilities})
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["scope", "index", "label", *names])
+    for c in classes:
+        w.writerow([c.scope, "" if c.index is None else c.index, c.label,
+                    *(f"{c.probabilities.get(n, float('nan')):.6g}" for n in names)])
+    return buf.getvalue()
