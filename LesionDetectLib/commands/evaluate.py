@@ -1,0 +1,32 @@
+"""`lesiondetect evaluate --model M --data DATASET [--json F]`."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="measure a trained model on a dataset",
+                       description="Runs the model's method-specific evaluation (the paper's metrics and more) "
+                                   "on the dataset's test split, or on every case with --split all.")
+    p.add_argument("--model", required=True, help="model directory (with model.json)")
+    p.add_argument("--data", required=True, help="dataset folder (with dataset.json)")
+    p.add_argument("--split", default="test", help="which cases: a split name, or 'all' (default: test, "
+                                                   "falling back to all cases when the dataset has no splits)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the metrics as JSON to this file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..dataset import load_dataset
+    from ..files import write_json
+    from ..training import load_trained
+
+    method, model, card, device = load_trained(args.model, device=args.device)
+    dataset = load_dataset(args.data)
+    metrics = method.evaluate(model, card, dataset, device, split=args.split)
+    print(method.report(metrics))
+    if args.json:
+        write_json(args.json, metrics, overwrite=True)
+    return 0

@@ -1,0 +1,52 @@
+"""`lesiondetect train --method M --data DATASET --out MODEL [--config C] [...]`."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import LesionDetectError
+
+
+def add_parser(sub) -> None:
+    from ..methods import method_names
+
+    p = sub.add_parser("train", help="train a method on a dataset folder",
+                       description="Train one of the methods on a dataset (dataset.json layout). "
+                                   "Experiment configs live in Resources/configs/<method>/.")
+    p.add_argument("--method", required=True, choices=method_names())
+    p.add_argument("--data", required=True, help="dataset folder (with dataset.json)")
+    p.add_argument("--out", required=True, help="model directory to create")
+    p.add_argument("--config", help="JSON config file; values override the method's defaults")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--weights", help="local ImageNet/COCO weight file for transfer learning")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value (JSON value), e.g. --set lr=0.001 --set batch_size=16")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(args) -> dict:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LesionDetectError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    for key in ("epochs", "seed", "weights"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return overrides
+
+
+def run(args) -> int:
+    from ..training import train
+
+    out = train(args.method, args.data, args.out, config_path=args.config, overrides=parse_overrides(args),
+                device=args.device, resume=args.resume)
+    print(f"model written to {out}")
+    return 0

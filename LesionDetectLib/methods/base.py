@@ -1,0 +1,66 @@
+"""What every method plug-in provides.  The shared trainer and the CLI call only this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import SimpleITK as sitk
+import torch
+
+from ..dataset import Dataset
+from ..models import ModelCard
+from ..prediction import Prediction
+
+
+class Method:
+    name: str = ""
+    modality: str = ""  # "CT", "MR" or "NM": checked against datasets and model cards
+    paper: str = ""  # the seed text, e.g. "000"
+    # The complete default configuration.  Experiment configs under Resources/configs/<name>/
+    # hold only what differs (e.g. the paper's four 000 models); the merged result is stored
+    # in the model card, so a model always knows how it was made.
+    defaults: dict[str, Any] = {}
+
+    # --- model ------------------------------------------------------------------------
+    def build_model(self, config: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
+        """The network for `config`.  `pretrained` asks for ImageNet/COCO initialisation
+        (loaded from a local file, see models.load_pretrained_weights); loading a trained
+        model passes False and then loads its own weights."""
+        raise NotImplementedError
+
+    # --- training ---------------------------------------------------------------------
+    def training_data(self, dataset: Dataset, config: dict[str, Any], seed: int
+                      ) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+        """(train, validation) sample sets made from the dataset's cases, split by patient."""
+        raise NotImplementedError
+
+    def collate(self, batch):
+        """How samples form a batch (default: torch's)."""
+        return torch.utils.data.default_collate(batch)
+
+    def batch_loss(self, model: torch.nn.Module, batch, device: torch.device) -> torch.Tensor:
+        """The training loss of one batch (model in train mode)."""
+        raise NotImplementedError
+
+    def calibrate(self, model: torch.nn.Module, dataset: Dataset, config: dict[str, Any], device: torch.device
+                  ) -> dict[str, float]:
+        """Decision thresholds chosen on training data after training (stored in the card)."""
+        return {}
+
+    # --- use --------------------------------------------------------------------------
+    def predict(self, model: torch.nn.Module, card: ModelCard, image: sitk.Image, device: torch.device,
+                **options) -> Prediction:
+        """Run on one image; the Prediction has the image's geometry."""
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, card: ModelCard, dataset: Dataset, device: torch.device,
+                 **options) -> dict[str, Any]:
+        """Metrics on a dataset's test cases (or all cases); keys as the method documents."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any]) -> str:
+        """Human-readable table of `evaluate`'s result (methods print the paper's layout)."""
+        import json
+
+        return json.dumps(metrics, indent=2)
+

@@ -1,0 +1,209 @@
+"""The one training loop every method uses: config, seeding, device, batches, checkpoints.
+
+    train(method_name, data, out, config_path=None, overrides={})  ->  model directory
+
+Configuration = the method's `defaults`, updated by a JSON config file (experiment configs
+live in Resources/configs/<method>/), updated by command-line overrides.  Optimiser keys:
+    optimizer: "sgd" | "adam" | "adamw",  lr, momentum, weight_decay
+    lr_schedule: null | "cosine" | "warmup_cosine" (warmup_epochs)
+    epochs, batch_size, seed
+A checkpoint (weights + optimiser + epoch) is written after every epoch into out/checkpoint.pt
+so an interrupted run can resume with `resume=True`; the finished model is written with
+models.save_model (safetensors + card) and the checkpoint removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .dataset import load_dataset
+from .errors import LesionDetectError, input_error
+from .models import ModelCard, save_model
+from .progress import progress, report
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' takes CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
+    name = (name or "auto").lower()
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise LesionDetectError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raise LesionDetectError(f"unknown device '{name}'; use auto, cpu or cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def merge_config(defaults: dict, *updates: dict | None) -> dict:
+    """Deep-merge dicts left to right (nested dicts merge, other values replace)."""
+    out = copy.deepcopy(defaults)
+    for upd in updates:
+        for key, value in (upd or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_config(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config(path: str | os.PathLike | None) -> dict:
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise input_error(path, "config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise input_error(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise input_error(path, "a config file must hold a JSON object")
+    doc.pop("description", None)  # human notes in experiment configs
+    return doc
+
+
+def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    name = config.get("optimizer", "sgd").lower()
+    lr, wd = float(config.get("lr", 0.01)), float(config.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise LesionDetectError(f"unknown optimizer '{name}' in config; use sgd, adam or adamw")
+
+
+def lr_factor(config: dict, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at `step` for the configured schedule."""
+    schedule = config.get("lr_schedule")
+    if not schedule:
+        return 1.0
+    warmup = int(config.get("warmup_epochs", 0)) * steps_per_epoch if schedule == "warmup_cosine" else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total_steps - warmup)
+    if schedule in ("cosine", "warmup_cosine"):
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+    raise LesionDetectError(f"unknown lr_schedule '{schedule}'; use cosine or warmup_cosine")
+
+
+def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, config_path=None,
+          overrides: dict | None = None, device: str = "auto", resume: bool = False) -> Path:
+    """Train a method on a dataset folder and write the model to `out`; returns `out`."""
+    from .methods import get_method
+
+    method = get_method(method_name)
+    out = Path(out)
+    if (out / "model.json").exists():
+        raise input_error(out, "already holds a trained model; choose another --out")
+    config = merge_config(method.defaults, read_config(config_path), overrides)
+    dataset = load_dataset(data)
+    if dataset.modality != method.modality:
+        raise input_error(data, f"is a {dataset.modality} dataset; method '{method.name}' needs {method.modality}")
+    seed = int(config.get("seed", 0))
+    seed_everything(seed)
+    dev = select_device(device)
+    model = method.build_model(config, pretrained=bool(config.get("pretrained", False))).to(dev)
+    train_set, val_set = method.training_data(dataset, config, seed)
+    if len(train_set) == 0:
+        raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=int(config.get("batch_size", 32)), shuffle=True,
+                                         collate_fn=method.collate, generator=generator, drop_last=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    epochs = int(config.get("epochs", 1))
+    start_epoch, history = 0, []
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / CHECKPOINT).exists():
+        ckpt = torch.load(out / CHECKPOINT, map_location=dev, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = int(ckpt["epoch"]), json.loads(ckpt["history"])
+    steps_per_epoch = max(1, len(loader))
+    total_steps = epochs * steps_per_epoch
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        losses = []
+        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")):
+            step = epoch * steps_per_epoch + i
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(config, step, total_steps, steps_per_epoch)
+            loss = method.batch_loss(model, batch, dev)
+            if not torch.isfinite(loss):
+                raise LesionDetectError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                                        "lower the learning rate in the config")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if val_set is not None and len(val_set):
+            entry["val_loss"] = validation_loss(method, model, val_set, config, dev)
+        history.append(entry)
+        report((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f}")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "history": json.dumps(history)}, out / CHECKPOINT)
+    model.eval()
+    thresholds = method.calibrate(model, dataset, config, dev)
+    card = ModelCard(
+        method=method.name, modality=method.modality, config=config, thresholds=thresholds,
+        training={"dataset": dataset.name, "dataset_path": str(dataset.root), "cases": len(dataset.cases),
+                  "patients": len({c.patient for c in dataset.cases}), "train_samples": len(train_set),
+                  "val_samples": len(val_set) if val_set is not None else 0, "history": history,
+                  "seconds": round(time.perf_counter() - t0, 1), "device": str(dev)},
+    )
+    save_model(out, model.state_dict(), card)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return out
+
+
+@torch.no_grad()
+def validation_loss(method, model, samples, config, device) -> float:
+    loader = torch.utils.data.DataLoader(samples, batch_size=int(config.get("batch_size", 32)),
+                                         collate_fn=method.collate)
+    was_training = model.training
+    model.train()  # some models (detection) only return losses in train mode; no_grad keeps it cheap
+    for m in model.modules():  # ...but dropout and batch-norm statistics must not move
+        if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.eval()
+    losses = [float(method.batch_loss(model, batch, device)) for batch in loader]
+    model.train(was_training)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def load_trained(model_path, method_name: str | None = None, device: str = "auto"):
+    """(method, model on device in eval mode, card) for a trained model directory."""
+    from .methods import get_method
+    from .models import load_model, read_card
+
+    _, card = read_card(model_path)
+    method = get_method(method_name or card.method)
+    state, card, _ = load_model(model_path, method=method.name, modality=method.modality)
+    dev = select_device(device)
+    model = method.build_model(card.config, pretrained=False)
+    model.load_state_dict(state)
+    return method, model.to(dev).eval(), card, dev
