@@ -1,0 +1,1 @@
+"""Evaluation measures shared by the methods (one place for each)."""
