@@ -4,15 +4,24 @@ Read: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), a DICO
 folder (the series with most slices when there are several), a single DICOM file, and 2-D
 PNG / JPEG / TIFF / BMP.  DICOM rescale slope/intercept are applied by GDCM; integer pixel
 types are kept unless a caller asks for another.
-Write: NIfTI and NRRD (and anything else SimpleITK knows by extension), atomically and never
-over an existing file unless asked.
+Write: NIfTI and NRRD (and MetaImage), atomically and never over an existing file unless
+asked.
 
-Every problem a user can cause comes out as one `LesionDetectError` naming the file.
+Geometry precision: NRRD and MetaImage keep origin, spacing and direction to double
+precision; NIfTI stores them as 32-bit floats (about 1e-6 mm / 1e-7 in direction cosines).
+
+Every problem a user can cause comes out as one `LesionDetectError` naming the file and
+saying what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,77 +31,202 @@ from .errors import LesionDetectError, input_error
 from .files import atomic_path
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
+READABLE_FORMATS = ("NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM (a file or a folder "
+                    "of slices), PNG, JPEG, TIFF, BMP")
+_FORMAT_BY_SUFFIX = {".nii.gz": "NIfTI", ".nii": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
+                     ".mhd": "MetaImage", ".dcm": "DICOM", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG",
+                     ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+_FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
 
+
+# --- explaining failures ---------------------------------------------------------------------
 
 def _sitk_reason(exc: Exception) -> str:
-    """The useful last line of an ITK exception, without the C++ file/line noise."""
+    """The useful line of an ITK exception, without the C++ file/line noise."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if ln.lower().startswith(("description:", "itk::error")):
-            return ln.split(":", 1)[1].strip() if ln.lower().startswith("description:") else ln
+        low = ln.lower()
+        if low.startswith("description:"):
+            return ln.split(":", 1)[1].strip()
+        if low.startswith(("itk::error", "sitk::error", "itk error")):
+            # "ITK ERROR: NrrdImageIO(0x55...): Read: ..." -> "Read: ..."
+            return re.sub(r"^\S+ ?error:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", ln, flags=re.I)
     return lines[-1] if lines else type(exc).__name__
 
 
+def _format_name(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((fmt for suffix, fmt in _FORMAT_BY_SUFFIX.items() if name.endswith(suffix)), None)
+
+
+_TRUNCATION = re.compile(r"expected (\d+) bytes but received (\d+)|ideal = (\d+) : actual = (\d+)|"
+                         r"data not read completely|unexpected end|premature end|truncat", re.I)
+
+
+def _read_failure(path: Path, exc: Exception) -> LesionDetectError:
+    """Turn SimpleITK's exception text into a message a radiologist can act on."""
+    text = str(exc)
+    fmt = _format_name(path)
+    if "Unable to determine ImageIO reader" in text:
+        what = f"is not a readable {fmt} file" if fmt else "is not in an image format that can be read"
+        return input_error(path, f"{what}: it is damaged or not an image at all. Supported: {READABLE_FORMATS}. "
+                                 "Export or copy the image again.")
+    if _TRUNCATION.search(text):
+        return input_error(path, "is truncated (the file ends before all of its voxel data); the copy or download "
+                                 "was probably interrupted. Copy or export it again.")
+    if "File cannot be read" in text:  # MetaImage says this (with a wrong 'No such file' reason) for short data
+        return input_error(path, "is damaged or truncated: its voxel data cannot be read. Copy or export it again.")
+    return input_error(path, f"cannot be read as an image ({_sitk_reason(exc)}). "
+                             "The file may be damaged; copy or export it again.")
+
+
+@contextlib.contextmanager
+def _itk_warnings_off():
+    """Silence ITK's stderr warnings (e.g. GDCM's 'No Series were found') for one call."""
+    was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was_on)
+
+
+# --- NIfTI completeness -------------------------------------------------------------------
+# ITK's NIfTI reader silently zero-fills a truncated .nii.gz, so we check the byte count
+# ourselves: header (vox_offset, dims, bitpix) against the (decompressed) length.
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """vox_offset + voxel bytes from a single-file NIfTI-1/2 header, or None if not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            if header[344:347] != b"n+1":
+                return None  # .hdr/.img pair or Analyze: data lives elsewhere
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            if header[4:7] != b"n+2":
+                return None
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]], dtype=np.int64))
+    return vox_offset + voxels * bitpix // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # gzip magic; the extension alone can lie
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            header = f.read(540)
+            expected = _nifti_expected_bytes(header)
+            if expected is None:
+                return  # not a single-file NIfTI: let SimpleITK judge it
+            have = len(header)
+            if compressed:
+                while chunk := f.read(1 << 22):
+                    have += len(chunk)
+            else:
+                have = path.stat().st_size
+    except EOFError:
+        raise input_error(path, "is truncated (the compressed data stops early); the copy or download was probably "
+                                "interrupted. Copy or export it again.") from None
+    except (gzip.BadGzipFile, zlib.error):
+        raise input_error(path, "is damaged: its compressed data is corrupt. Copy or export it again.") from None
+    if have < expected:
+        raise input_error(path, f"is truncated: its header promises {expected} bytes but the file holds {have}. "
+                                "Copy or export it again.")
+
+
+# --- reading -------------------------------------------------------------------------------
+
 def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """File names of the DICOM series with most slices in `folder` (sorted by position)."""
+    """File names of the DICOM series with most slices in `folder` (sorted by position).
+
+    Raises a `LesionDetectError` that says what the folder holds instead when there is no
+    DICOM series in it.
+    """
     folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with _itk_warnings_off():
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
-        raise input_error(folder, "no DICOM series found in this folder")
+        entries = sorted(folder.iterdir())
+        files = [e.name for e in entries if e.is_file() and not e.name.startswith(".")]
+        subfolders = [e.name for e in entries if e.is_dir()]
+        if not files and not subfolders:
+            raise input_error(folder, "is an empty folder; give an image file or a folder holding one DICOM series")
+        if not files:
+            raise input_error(folder, f"holds no DICOM files, only sub-folders ({_some(subfolders)}); give the "
+                                      "folder that holds the DICOM slices themselves")
+        raise input_error(folder, f"is a folder without DICOM images ({len(files)} other file(s): {_some(files)}); "
+                                  "give an image file, or a folder holding the DICOM slices of one series")
     series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids]
     return list(max(series, key=len))
 
 
-def read_image(path: str | os.PathLike, pixel_type: int | None = None) -> sitk.Image:
-    """Read an image file or a DICOM series folder.
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
-    `pixel_type` (a `sitk.sitkFloat32`-style constant) converts the values; by default the
-    stored type is kept.  Raises `LesionDetectError` for a missing, unreadable, empty or
-    non-image path.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise input_error(path, "does not exist")
-    if not os.access(path, os.R_OK):
-        raise input_error(path, "is not readable (permission denied)")
-    try:
-        if path.is_dir():
-            files = dicom_series_files(path)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            reader.MetaDataDictionaryArrayUpdateOn()
-            reader.LoadPrivateTagsOff()
-            image = reader.Execute()
-            # carry the first slice's tags (Modality etc.) on the volume, as for single files
-            for key in reader.GetMetaDataKeys(0):
-                image.SetMetaData(key, reader.GetMetaData(0, key))
-        else:
-            if path.stat().st_size == 0:
-                raise input_error(path, "is empty (0 bytes)")
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            image = reader.Execute()
-    except LesionDetectError:
-        raise
-    except RuntimeError as exc:
-        raise input_error(path, f"cannot be read as an image: {_sitk_reason(exc)}") from None
-    if pixel_type is not None:
-        image = sitk.Cast(image, pixel_type)
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(dicom_series_files(folder))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    image = reader.Execute()
+    # carry the first slice's tags (Modality etc.) on the volume, as for single files
+    for key in reader.GetMetaDataKeys(0):
+        image.SetMetaData(key, reader.GetMetaData(0, key))
     return image
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write atomically; refuses to replace an existing file unless overwrite=True."""
-    path = Path(path)
-    if not path.name.lower().endswith(WRITABLE_SUFFIXES):
-        raise input_error(path, f"unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=compress)
-        except RuntimeError as exc:
-            raise input_error(path, f"cannot be written: {_sitk_reason(exc)}") from None
-    return path
+def read_image(path: str | os.PathLike, pixel_type: int | None = None, allow_folder: bool = True) -> sitk.Image:
+    """Read an image file or (if `allow_folder`) a DICOM series folder.
 
+    `pixel_type` (a `sitk.sitkFloat32`-style constant) converts the values; by default the
+    stored type is kept.  Raises `LesionDetectError` for a missing, unreadable, empty,
+    truncated, corrupt or non-image path.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise input_error(path, "does not exist; check the spelling and the folder")
+        if not os.access(path, os.R_OK):
+            raise input_error(path, "is not readable (permission denied); ask for read access or copy it")
+        if path.is_dir():
+            if not allow_folder:
+                raise input_error(path, "is a folder; an image file is needed here")
+            image = _read_dicom_folder(path)
+        else:
+            if path.stat().st_size == 0:
+                raise input_error(path, "is empty (0 bytes); the copy or export failed. Copy or export it again.")
+            if _format_name(path) == "NIfTI":
+                _check_nifti_complete(path)
+            image = sitk.ReadImage(str(path))
+    except LesionDetectError:
+        raise
+    except RuntimeError as exc:
+        raise _read_failure(path, exc) from None
+    except OSError as exc:
+        raise input_error(path, f"cannot be opened ({exc.strerror or exc})") from None
+    if pixel_type is not None and image.GetPixelID() != pixel_type:
+        try:
+            image = sitk.Cast(image, pixel_type)
+        except RuntimeError as exc:
+            raise input_error(path, f"has pixel type {image.GetPixelIDTypeAsString()} with "
+                                    f"{image.GetNumberOfComponentsPerPixel()} component(s), which cannot be converted "
+                                    f"to {sitk.GetPixelIDValueAsString(pixel_type)} ({_sitk_reason(exc)})") from None
+    return image
+
+
+# --- checks ----------------------------------------------------------------------------------
 
 def require_scalar_volume(image: sitk.Image, path: str | os.PathLike | None = None,
                           allow_2d: bool = False) -> sitk.Image:
@@ -101,24 +235,38 @@ def require_scalar_volume(image: sitk.Image, path: str | os.PathLike | None = No
     A 4-D image, a vector/RGB image or NaN/Inf voxels are errors naming `path`.
     """
     dim = image.GetDimension()
-    if dim == 4 or dim > 4:
-        raise input_error(path, f"is a {dim}-D image; a 3-D volume is needed (take one time point or channel first)")
+    needed = "a 2-D image or a 3-D volume" if allow_2d else "a 3-D volume"
+    if dim > 3:
+        size = " x ".join(str(s) for s in image.GetSize())
+        raise input_error(path, f"is a {dim}-D image ({size}); {needed} is needed. Save one time point, echo "
+                                "or channel as its own file first.")
     if dim == 2 and not allow_2d:
-        raise input_error(path, "is a 2-D image; a 3-D volume is needed")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise input_error(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                                "(vector or colour image); a scalar image is needed")
+        raise input_error(path, "is a 2-D image; a 3-D volume is needed (give the whole series or volume, not "
+                                "one slice or a screenshot)")
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        kind = "colour (RGB)" if components in (3, 4) else "vector"
+        raise input_error(path, f"is a {kind} image with {components} values per voxel; a single-channel "
+                                "(greyscale) image is needed. Export the original greyscale image instead.")
     check_finite(image, path)
     return image
 
 
 def check_finite(image: sitk.Image, path: str | os.PathLike | None = None) -> None:
-    """Raise if a floating-point image holds NaN or Inf voxels."""
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
-        arr = sitk.GetArrayViewFromImage(image)
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        if bad:
-            raise input_error(path, f"has {bad} NaN or infinite voxel value(s)")
+    """Raise if a floating-point image holds NaN or Inf voxels (saying how many and where)."""
+    if image.GetPixelID() not in _FLOAT_TYPES:
+        return
+    arr = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = int(finite.size - np.count_nonzero(finite))
+    first = np.argwhere(~finite)[0]
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        first = first[:-1]  # drop the component axis
+    index = tuple(int(v) for v in first[::-1])  # (z, y, x) -> SimpleITK's (x, y, z)
+    raise input_error(path, f"has {bad} NaN or infinite voxel value(s) (first at voxel index {index}); the "
+                            "image was probably saved from a failed computation. Fix or re-export it.")
 
 
 def read_volume(path: str | os.PathLike, pixel_type: int | None = None, allow_2d: bool = False) -> sitk.Image:
@@ -126,9 +274,32 @@ def read_volume(path: str | os.PathLike, pixel_type: int | None = None, allow_2d
     return require_scalar_volume(read_image(path, pixel_type), path, allow_2d=allow_2d)
 
 
+# --- writing ---------------------------------------------------------------------------------
+
+def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write atomically; refuses to replace an existing file unless overwrite=True.
+
+    On any failure nothing is left at `path` (and an existing file there is untouched).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise input_error(path, "is a folder; give a file name to write, e.g. "
+                                f"{path / 'image.nii.gz'}")
+    if not path.name.lower().endswith(WRITABLE_SUFFIXES):
+        raise input_error(path, f"unsupported output format; use a name ending in {', '.join(WRITABLE_SUFFIXES)}")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            raise input_error(path, f"cannot be written ({_sitk_reason(exc)})") from None
+    return path
+
+
+# --- describing ------------------------------------------------------------------------------
+
 def modality_guess(image: sitk.Image) -> str:
-    """"CT", "MR" or "NM" (planar scintigraphy): from DICOM's Modality tag when present,
-    otherwise from the value range (CT has air at about -1000 HU)."""
+    """"CT", "MR", "NM" or "PT": from DICOM's Modality tag when present, otherwise a guess
+    from the image (2-D: planar scintigraphy; CT has air at about -1000 HU)."""
     if image.HasMetaDataKey("0008|0060"):
         tag = image.GetMetaData("0008|0060").strip().upper()
         if tag in ("CT", "MR", "NM", "PT"):
@@ -137,17 +308,25 @@ def modality_guess(image: sitk.Image) -> str:
         return "NM"
     if image.GetNumberOfComponentsPerPixel() != 1:
         return "unknown"
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    lo, hi = stats.GetMinimum(), stats.GetMaximum()
+    lo, hi = value_range(image)
     if lo <= -500 and hi >= 100:
         return "CT"
     return "MR"
 
 
+def value_range(image: sitk.Image) -> tuple[float, float]:
+    """(minimum, maximum) of the finite voxel values of a scalar image of any dimension."""
+    values = sitk.GetArrayViewFromImage(image)
+    if image.GetPixelID() in _FLOAT_TYPES:
+        values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(values.min()), float(values.max())
+
+
 def image_info(image: sitk.Image) -> dict:
     """What `lesiondetect info --json` prints: SimpleITK's own view of the image."""
-    return {
+    info = {
         "size": list(image.GetSize()),
         "spacing": list(image.GetSpacing()),
         "origin": list(image.GetOrigin()),
@@ -157,3 +336,6 @@ def image_info(image: sitk.Image) -> dict:
         "components": image.GetNumberOfComponentsPerPixel(),
         "modality_guess": modality_guess(image),
     }
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        info["value_range"] = list(value_range(image))
+    return info
