@@ -118,7 +118,8 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     file, doc = read_dataset_json(path)
     problems = _structure_problems(doc)
     if problems:
-        raise input_error(file, "invalid dataset: " + "; ".join(problems))
+        raise input_error(file, "invalid dataset: " + "; ".join(problems)
+                          + f". Run `lesiondetect validate {file.parent}` to list every problem.")
     root = file.parent
     cases = []
     for c in doc["cases"]:
@@ -134,118 +135,188 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
 def validate_dataset(path: str | os.PathLike) -> list[str]:
     """Every problem with a dataset, at once, as readable lines (empty list = valid).
 
-    Checks: JSON structure; duplicate case ids; every named file exists and reads; image is
-    a finite scalar image; masks and ROI masks have the image's geometry; points and boxes
-    lie inside the image.
+    Checks: JSON structure; duplicate case ids; a patient in two explicit splits; every named
+    file exists and reads; the image is a finite greyscale image whose DICOM modality (if
+    any) is the dataset's; masks and ROI masks have the image's geometry and only values
+    listed in "labels"; points and boxes lie inside the image.  A case whose JSON entry is
+    broken is still checked as far as its entry allows.
     """
-    from . import markups
-    from .geometry import Geometry
-    from .io import read_image, require_scalar_volume
-
     try:
         file, doc = read_dataset_json(path)
     except LesionDetectError as exc:
         return [str(exc)]
-    problems = _structure_problems(doc)
-    if problems:
-        return [f"{file}: {p}" for p in problems]
-    ds = load_dataset(file)
-    for case_id, n in Counter(c.id for c in ds.cases).items():
-        if n > 1:
-            problems.append(f'duplicate case id "{case_id}" ({n} cases)')
-    for case in ds.cases:
-        where = f'case "{case.id}"'
-        try:
-            image = require_scalar_volume(read_image(case.image), case.image, allow_2d=True)
-        except LesionDetectError as exc:
-            problems.append(f"{where}: image {exc}")
-            continue
-        geom = Geometry.of(image)
-        for key in ("mask", "roi"):
-            p = getattr(case, key)
-            if p is None:
-                continue
-            try:
-                other = _mask_geometry(p)
-            except LesionDetectError as exc:
-                problems.append(f"{where}: {key} {exc}")
-                continue
-            if not geom.same_grid(other):
-                problems.append(f"{where}: {key} {p} has a different geometry from the image "
-                                f"(size {other.size} vs {geom.size}, spacing {_r(other.spacing)} vs {_r(geom.spacing)}, "
-                                f"origin {_r(other.origin)} vs {_r(geom.origin)})")
-        for key, reader in (("points", markups.read_points), ("boxes", markups.read_boxes)):
-            p = getattr(case, key)
-            if p is None:
-                continue
-            try:
-                items = reader(p)
-            except LesionDetectError as exc:
-                problems.append(f"{where}: {key} {exc}")
-                continue
-            positions = [it.position for it in items] if key == "points" else [it.center for it in items]
-            for n, pos in enumerate(positions):
-                if not geom.contains(pos):
-                    problems.append(f"{where}: {key} item {n} at LPS {_r(pos)} mm lies outside the image")
+    problems = [f"{file}: {p}" for p in _structure_problems(doc)]
+    if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
+        return problems
+    cases = [c for c in doc["cases"] if isinstance(c, dict)]
+    problems += _duplicate_ids(cases) + _patients_in_two_splits(cases)
+    modality = doc.get("modality") if doc.get("modality") in MODALITIES else None
+    labels = doc.get("labels")
+    label_values = _label_values(labels) if isinstance(labels, dict) else None
+    for n, entry in enumerate(cases):
+        if isinstance(entry.get("image"), str) and entry["image"]:
+            where = f'case "{entry["id"]}"' if isinstance(entry.get("id"), str) else f"case #{n}"
+            problems += [f"{where}: {p}" for p in _case_file_problems(file.parent, entry, modality, label_values)]
     return problems
+
+
+def _duplicate_ids(cases: list[dict]) -> list[str]:
+    counts = Counter(c["id"] for c in cases if isinstance(c.get("id"), str))
+    return [f'case id "{case_id}" is used by {n} cases; every case needs its own id'
+            for case_id, n in counts.items() if n > 1]
+
+
+def _patients_in_two_splits(cases: list[dict]) -> list[str]:
+    """Explicit splits that put one patient's images on both sides (a leak between train and test)."""
+    splits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for c in cases:
+        if isinstance(c.get("patient"), str) and isinstance(c.get("split"), str):
+            splits[c["patient"]][c["split"]].append(str(c.get("id")))
+    return [f'patient "{patient}" has cases in more than one split ('
+            + "; ".join(f"{split}: {', '.join(ids)}" for split, ids in sorted(by_split.items()))
+            + "); all images of a patient must be in the same split"
+            for patient, by_split in splits.items() if len(by_split) > 1]
+
+
+def _label_values(labels: dict) -> set[int] | None:
+    try:
+        return {int(k) for k in labels}
+    except (TypeError, ValueError):
+        return None
+
+
+def _case_file_problems(root: Path, entry: dict, modality: str | None, label_values: set[int] | None) -> list[str]:
+    """What is wrong with the files one case names (its image first: the rest is checked against it)."""
+    from .geometry import Geometry
+    from .io import read_image, require_scalar_volume
+
+    image_path = _resolve(root, entry["image"])
+    try:
+        image = require_scalar_volume(read_image(image_path), image_path, allow_2d=True)
+    except LesionDetectError as exc:
+        return [f"image {exc}"]
+    problems = []
+    tag = image.GetMetaData("0008|0060").strip().upper() if image.HasMetaDataKey("0008|0060") else None
+    if modality and tag in MODALITIES and tag != modality:
+        problems.append(f"image {image_path}: is a {tag} image (DICOM Modality tag) but the dataset's modality is "
+                        f"{modality}; move it to a {tag} dataset or fix \"modality\"")
+    geom = Geometry.of(image)
+    for key in ("mask", "roi"):
+        if isinstance(entry.get(key), str):
+            problems += [f"{key} {p}" for p in _mask_problems(_resolve(root, entry[key]), geom,
+                                                             label_values if key == "mask" else None)]
+    for key in ("points", "boxes"):
+        if isinstance(entry.get(key), str):
+            problems += [f"{key} {p}" for p in _markup_problems(_resolve(root, entry[key]), key, geom)]
+    return problems
+
+
+def _mask_problems(path: Path, image_geometry, label_values: set[int] | None) -> list[str]:
+    """A mask must sit on the image's grid; a lesion mask may only hold values "labels" lists."""
+    from .geometry import Geometry
+    from .io import read_image
+
+    try:
+        if str(path).lower().endswith(".seg.nrrd"):
+            from . import segnrrd
+
+            geom, values = segnrrd.read_segmentation(path).geometry, None  # segments, not label values
+        else:
+            mask = read_image(path, allow_folder=False)
+            geom, values = Geometry.of(mask), _mask_values(mask)
+    except LesionDetectError as exc:
+        return [str(exc)]
+    problems = []
+    if not image_geometry.same_grid(geom):
+        problems.append(f"{path}: has a different geometry from the image (size {list(geom.size)} vs "
+                        f"{list(image_geometry.size)}, spacing {_r(geom.spacing)} vs {_r(image_geometry.spacing)}, "
+                        f"origin {_r(geom.origin)} vs {_r(image_geometry.origin)}); it was probably drawn on "
+                        "another image or resampled. Export it again from the image it belongs to.")
+    if values is not None and label_values is not None:
+        if not np.all(np.mod(values, 1) == 0):
+            problems.append(f"{path}: holds non-integer values; a mask must hold whole label numbers")
+        else:
+            unknown = sorted(int(v) for v in values if int(v) not in label_values)
+            if unknown:
+                problems.append(f"{path}: holds label value(s) {', '.join(map(str, unknown))} that \"labels\" does "
+                                f"not list (it lists {', '.join(map(str, sorted(label_values)))})")
+    return problems
+
+
+def _mask_values(mask) -> np.ndarray | None:
+    import SimpleITK as sitk
+
+    if mask.GetNumberOfComponentsPerPixel() != 1:
+        return None
+    return np.unique(sitk.GetArrayViewFromImage(mask))
+
+
+def _markup_problems(path: Path, key: str, image_geometry) -> list[str]:
+    from . import markups
+
+    try:
+        items = markups.read_points(path) if key == "points" else markups.read_boxes(path)
+    except LesionDetectError as exc:
+        return [str(exc)]
+    what = "point" if key == "points" else "box centre"
+    positions = [it.position for it in items] if key == "points" else [it.center for it in items]
+    return [f"{path}: {what} {n} at LPS {_r(pos)} mm lies outside the image (was it placed on another image?)"
+            for n, pos in enumerate(positions) if not image_geometry.contains(pos)]
 
 
 def _r(values) -> list[float]:
     return [round(float(v), 3) for v in values]
 
 
-def _mask_geometry(path: Path):
-    """Geometry of a mask file: a .seg.nrrd's reference grid, or any image's grid."""
-    from . import segnrrd
-    from .geometry import Geometry
-    from .io import read_image
-
-    if str(path).lower().endswith(".seg.nrrd"):
-        return segnrrd.read_segmentation(path).geometry
-    return Geometry.of(read_image(path))
-
-
 def read_mask(path: str | os.PathLike, geometry=None) -> np.ndarray:
     """A lesion or ROI mask as a uint8 (z, y, x) array (union of all segments of a .seg.nrrd)."""
-    from . import segnrrd
     from .io import read_image
     import SimpleITK as sitk
 
     if str(path).lower().endswith(".seg.nrrd"):
-        seg = segnrrd.read_segmentation(path)
-        return seg.union_mask(geometry).astype(np.uint8)
-    return (sitk.GetArrayFromImage(read_image(path)) > 0).astype(np.uint8)
+        from . import segnrrd
+
+        return segnrrd.read_segmentation(path).union_mask(geometry).astype(np.uint8)
+    return (sitk.GetArrayFromImage(read_image(path, allow_folder=False)) > 0).astype(np.uint8)
 
 
 def split_by_patient(cases: list[Case], fractions: dict[str, float], seed: int = 0) -> dict[str, list[Case]]:
     """Assign whole patients to splits, e.g. {"train": 0.72, "val": 0.10, "test": 0.18}.
 
-    Patients are shuffled with `seed` and given to splits in order until each split's share
-    of patients is reached; every split with a positive fraction gets at least one patient
-    when there are enough patients.  No patient's images ever straddle two splits.
+    Patients are shuffled with `seed`; each split gets its share of patients rounded by the
+    largest-remainder rule (so every count is within one of its exact share), and every split
+    with a positive fraction gets at least one patient when there are enough patients.  No
+    patient's images ever straddle two splits.
     """
+    if any(v < 0 for v in fractions.values()) or not any(v > 0 for v in fractions.values()):
+        raise LesionDetectError(f"split fractions must be >= 0 with at least one positive, not {fractions}")
+    names = [k for k, v in fractions.items() if v > 0]
     patients = sorted({c.patient for c in cases})
     random.Random(seed).shuffle(patients)
-    names = [k for k, v in fractions.items() if v > 0]
-    total = sum(fractions[k] for k in names)
-    counts = {k: int(round(len(patients) * fractions[k] / total)) for k in names}
+    counts = _largest_remainder(len(patients), [fractions[k] for k in names])
     if len(patients) >= len(names):
-        for k in names:
-            counts[k] = max(counts[k], 1)
-    # fix rounding so the counts add up, taking from / giving to the largest split
-    while sum(counts.values()) > len(patients):
-        counts[max(counts, key=counts.get)] -= 1
-    while sum(counts.values()) < len(patients):
-        counts[max(names, key=lambda k: fractions[k])] += 1
+        for i, count in enumerate(counts):
+            if count == 0:  # take one from the biggest split
+                counts[int(np.argmax(counts))] -= 1
+                counts[i] = 1
     assignment, start = {}, 0
-    for k in names:
-        for p in patients[start:start + counts[k]]:
-            assignment[p] = k
-        start += counts[k]
-    out: dict[str, list[Case]] = defaultdict(list)
+    for name, count in zip(names, counts):
+        for p in patients[start:start + count]:
+            assignment[p] = name
+        start += count
+    out: dict[str, list[Case]] = {k: [] for k in names}
     for c in cases:
         out[assignment[c.patient]].append(c)
-    return {k: out.get(k, []) for k in names}
+    return out
+
+
+def _largest_remainder(total: int, weights: list[float]) -> list[int]:
+    """Whole numbers summing to `total`, each within one of total * weight / sum(weights)."""
+    exact = np.asarray(weights, dtype=float) / float(sum(weights)) * total
+    counts = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    return [int(c) for c in counts]
 
 
 def write_dataset_json(root: str | os.PathLike, name: str, modality: str, cases: list[dict],
