@@ -93,8 +93,9 @@ def _structure_problems(doc: Any) -> list[str]:
             problems.append(f'missing top-level key "{key}"')
     if "modality" in doc and doc["modality"] not in MODALITIES:
         problems.append(f'"modality" is {doc["modality"]!r}; expected one of {", ".join(MODALITIES)}')
-    if "labels" in doc and not isinstance(doc["labels"], dict):
-        problems.append('"labels" must be an object like {"0": "background", "1": "lesion"}')
+    if "labels" in doc and (not isinstance(doc["labels"], dict) or _label_values(doc["labels"]) is None):
+        problems.append('"labels" must be an object whose keys are label numbers, like '
+                        '{"0": "background", "1": "lesion"}')
     cases = doc.get("cases", [])
     if not isinstance(cases, list):
         return problems + ['"cases" must be a list']
@@ -109,6 +110,8 @@ def _structure_problems(doc: Any) -> list[str]:
         for key in PATH_KEYS[1:]:
             if key in case and case[key] is not None and not isinstance(case[key], str):
                 problems.append(f'{where}: "{key}" must be a path string')
+        if case.get("split") is not None and not isinstance(case["split"], str):
+            problems.append(f'{where}: "split" must be a name such as "train" or "test"')
     return problems
 
 

@@ -128,6 +128,13 @@ def test_load_refuses_structural_problems(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"name": "x", "modality": "CT", "labels": {}, "cases": [{}]}))
     with pytest.raises(LesionDetectError, match=r'case #0: missing or empty "id".*lesiondetect validate'):
         load_dataset(root)
+    (root / "dataset.json").write_text(json.dumps({"name": "x", "modality": "CT", "labels": {"bg": "background"},
+                                                   "cases": [{"id": "a", "patient": "p", "image": "a.nrrd",
+                                                              "split": 1}]}))
+    problems = validate_dataset(root)
+    assert any('"labels" must be an object whose keys are label numbers' in p for p in problems)
+    assert any('case #0 ("a"): "split" must be a name' in p for p in problems)
+    assert any(p.startswith('case "a": image ') and "does not exist" in p for p in problems)
 
 
 def test_wrong_modality_from_dicom_tag(tmp_path):
