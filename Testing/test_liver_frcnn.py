@@ -1,0 +1,403 @@
+"""Method 003 `liver-frcnn`: 3-slice input, networks, slice linking into 3-D boxes, FROC
+(checked against MONAI), training/inference/evaluation end to end on tiny CT volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from LesionDetectLib.dataset import load_dataset, write_dataset_json
+from LesionDetectLib.errors import LesionDetectError
+from LesionDetectLib.geometry import Geometry
+from LesionDetectLib.methods import get_method
+from LesionDetectLib.methods.liver_frcnn import (KeySliceSamples, match_detections, froc_of,
+                                                 key_slices)
+from LesionDetectLib.methods.liver_frcnn.slices import (neighbour_offset, parse_slice_range, three_slice_stack,
+                                                        window_to_uint8)
+from LesionDetectLib.methods.liver_frcnn.volume import SliceLinker, chains_to_boxes, iou_3d, nms_3d
+from LesionDetectLib.metrics.froc import froc_summary
+from LesionDetectLib.models import ModelCard
+
+# an asymmetric, anisotropic, oblique grid: boxes must land where the voxels are
+OBLIQUE = (0.98, 0.17, 0.0, -0.17, 0.98, 0.05, -0.0085, -0.05, 0.9986)
+
+
+def _orthonormal(direction):
+    q, _ = np.linalg.qr(np.asarray(direction).reshape(3, 3))
+    return tuple((q * np.sign(np.diag(q))).ravel())
+
+
+TINY = {"backbone": "resnet18", "image_size": 64, "anchor_sizes": [8, 12, 16, 24, 32], "epochs": 1,
+        "batch_size": 2, "slice_batch": 4, "lr": 0.005, "rpn_proposals_test": 50}
+
+
+def liver_volume(rng, shape=(10, 48, 56), spacing=(1.4, 1.2, 2.5), direction=None, lesions=1):
+    """A small CT: fat, a 'liver' ellipse at 60 HU, dark spherical lesions at 0 HU.
+    Returns (image, list of (z, y0, x0, y1, x1, zmin, zmax) per lesion in voxels)."""
+    nz, ny, nx = shape
+    z, y, x = np.mgrid[:nz, :ny, :nx]
+    hu = np.full(shape, -100.0, dtype=np.float32)
+    hu[((y - ny / 2) / (0.42 * ny)) ** 2 + ((x - nx / 2) / (0.42 * nx)) ** 2 <= 1] = 60.0
+    truth = []
+    for _ in range(lesions):
+        cz, cy, cx = rng.integers(3, nz - 3), rng.integers(14, ny - 14), rng.integers(14, nx - 14)
+        r = rng.uniform(4.0, 6.0)  # mm
+        ball = (((z - cz) * spacing[2]) ** 2 + ((y - cy) * spacing[1]) ** 2 + ((x - cx) * spacing[0]) ** 2) <= r * r
+        hu[ball] = 0.0
+        zs, ys, xs = np.nonzero(ball)
+        key = ball[cz]
+        ky, kx = np.nonzero(key)
+        truth.append((int(cz), ky.min(), kx.min(), ky.max() + 1, kx.max() + 1, zs.min(), zs.max()))
+    hu += rng.normal(0, 5, shape).astype(np.float32)
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin((-31.5, 12.25, -140.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    return image, truth
+
+
+def write_liver_dataset(root, n_cases=6, seed=0, test_patients=1, lesions=1):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    cases = []
+    for n in range(n_cases):
+        image, truth = liver_volume(rng, lesions=lesions)
+        sitk.WriteImage(image, str(root / "images" / f"c{n}.nrrd"))
+        split = "test" if n >= n_cases - test_patients else ("val" if n == 0 else "train")
+        cases.append({"id": f"c{n}", "patient": f"p{n}", "image": f"images/c{n}.nrrd", "split": split,
+                      "key_slices": [{"slice": t[0], "box": [float(t[2]), float(t[1]), float(t[4]), float(t[3])],
+                                      "lesion": i + 1} for i, t in enumerate(truth)]})
+    write_dataset_json(root, "tiny-liver", "CT", cases)
+    return root
+
+
+# --- 3-slice input --------------------------------------------------------------------------
+
+def test_window_maps_hu_to_0_255():
+    out = window_to_uint8(np.array([-1000, -160, 40, 240, 3000]), (-160, 240))
+    assert out.dtype == np.uint8 and out.tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(ValueError):
+        window_to_uint8(np.zeros(2), (100, 100))
+
+
+def test_neighbours_are_interpolated_at_a_physical_distance():
+    vol = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32) * 10  # slice k holds 10k
+    # 5 mm slices, neighbours 2 mm away: 0.4 slice -> values 10k -+ 4
+    stack = three_slice_stack(vol, 3, neighbour_offset(5.0, 2.0), (0, 255))
+    assert stack.shape == (3, 2, 3) and stack.dtype == np.uint8
+    assert stack[:, 0, 0].tolist() == [26, 30, 34]
+    # 1 mm slices: 2 slices away; None: adjacent slices; ends are clamped to the volume
+    assert three_slice_stack(vol, 3, neighbour_offset(1.0, 2.0), (0, 255))[:, 1, 2].tolist() == [10, 30, 50]
+    assert three_slice_stack(vol, 0, neighbour_offset(1.0, None), (0, 255))[:, 0, 0].tolist() == [0, 0, 10]
+
+
+def test_slice_ranges():
+    assert parse_slice_range(None, 4) == [0, 1, 2, 3]
+    assert parse_slice_range("1:2", 4) == [1, 2]
+    assert parse_slice_range(":1", 4) == [0, 1]
+    assert parse_slice_range("2:", 4) == [2, 3]
+    assert parse_slice_range([2, 99], 4) == [2, 3]
+    with pytest.raises(ValueError, match="selects no slice"):
+        parse_slice_range("7:9", 4)
+
+
+def test_key_slice_samples_flip_boxes_with_the_image(tmp_path):
+    ds = load_dataset(write_liver_dataset(tmp_path / "ds", n_cases=2))
+    cfg = {**get_method("liver-frcnn").defaults, "flip": True}
+    samples = KeySliceSamples(ds.cases[:1], cfg, train=True)
+    torch.manual_seed(1)
+    seen = set()
+    for _ in range(12):
+        image, target = samples[0]
+        (x0, y0, x1, y1), = target["boxes"].tolist()
+        # the dark lesion lies inside its box on the key slice (channel 1) whichever way it is flipped
+        key = image[1].numpy()
+        inside = key[int(y0):int(y1), int(x0):int(x1)]
+        assert inside.mean() < key[key > 0.4].mean() - 0.1
+        seen.add(round(x0, 1))
+    assert len(seen) == 2  # both orientations occurred
+
+
+def test_bad_key_slices_are_clear_errors(tmp_path):
+    root = write_liver_dataset(tmp_path / "ds", n_cases=1)
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["cases"][0]["key_slices"] = [{"slice": 99, "box": [1, 1, 5, 5]}]
+    (root / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(LesionDetectError, match="key slice 99 is outside"):
+        KeySliceSamples(load_dataset(root).cases, get_method("liver-frcnn").defaults, train=False)
+    doc["cases"][0]["key_slices"] = [{"slice": 2, "box": [5, 1, 1, 5]}]
+    (root / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(LesionDetectError, match=r"c0\.nrrd.*x1 > x0"):
+        key_slices(load_dataset(root).cases[0])
+
+
+# --- 2-D detections to 3-D boxes -------------------------------------------------------------
+
+def test_iou_3d_matches_monai():
+    from monai.data.box_utils import box_iou as monai_box_iou
+
+    rng = np.random.default_rng(3)
+    lo = rng.uniform(0, 20, (7, 3))
+    a = np.concatenate([lo, lo + rng.uniform(1, 15, (7, 3))], axis=1)
+    lo = rng.uniform(0, 20, (5, 3))
+    b = np.concatenate([lo, lo + rng.uniform(1, 15, (5, 3))], axis=1)
+    np.testing.assert_allclose(iou_3d(a, b), monai_box_iou(a, b), atol=1e-6)  # MONAI adds a small eps
+
+
+def test_nms_3d_equals_torchvision_nms_when_all_boxes_share_their_slices():
+    from torchvision.ops import nms
+
+    rng = np.random.default_rng(4)
+    lo = rng.uniform(0, 30, (40, 2))
+    xy = np.concatenate([lo, lo + rng.uniform(3, 12, (40, 2))], axis=1)
+    scores = rng.uniform(0, 1, 40)
+    boxes3d = np.stack([xy[:, 0], xy[:, 1], np.full(40, 2.0), xy[:, 2], xy[:, 3], np.full(40, 5.0)], axis=1)
+    expected = nms(torch.tensor(xy, dtype=torch.float64), torch.tensor(scores), 0.3).tolist()
+    assert nms_3d(boxes3d, scores, 0.3) == expected
+
+
+def test_linked_slices_become_one_physical_box():
+    geometry = Geometry((56, 48, 12), (1.4, 1.2, 2.5), (-31.5, 12.25, -140.0), _orthonormal(OBLIQUE))
+    linker = SliceLinker(link_iou=0.3)
+    lesion = [[20, 10, 30, 18], [19, 9, 31, 19], [21, 10, 29, 17]]  # slices 4, 5, 6
+    linker.add(3, np.zeros((0, 4)), np.zeros(0))
+    linker.add(4, np.array([lesion[0], [40, 40, 44, 44]]), np.array([0.6, 0.3]))
+    linker.add(5, np.array([lesion[1]]), np.array([0.9]))
+    linker.add(6, np.array([lesion[2]]), np.array([0.7]))
+    linker.add(7, np.array([[2, 2, 6, 6]]), np.array([0.2]))  # far away: a lesion of its own
+    chains = linker.finish()
+    assert sorted(len(c.slices) for c in chains) == [1, 1, 3]
+    boxes = chains_to_boxes(chains, geometry, nms_iou=0.3, min_score=0.25, max_boxes=10)
+    assert [round(b.score, 2) for b in boxes] == [0.9, 0.3]  # 0.2 fell under the score floor
+    box = boxes[0]
+    # x 19..31 px edges, y 9..19, slices 4..6 -> voxel centres 19.5..30.5 etc.; centre index (25, 14, 5)
+    np.testing.assert_allclose(box.center, geometry.index_to_lps([24.5, 13.5, 5.0]), atol=1e-9)
+    np.testing.assert_allclose(box.size, [12 * 1.4, 10 * 1.2, 3 * 2.5], atol=1e-9)
+    np.testing.assert_allclose(np.reshape(box.axes, (3, 3)), np.reshape(geometry.direction, (3, 3)))
+    assert box.extra["key_slice"] == 5
+    assert [s["slice"] for s in box.extra["slices"]] == [4, 5, 6]
+    assert box.extra["slices"][1]["box"] == lesion[1]
+
+
+def test_overlapping_3d_boxes_are_suppressed():
+    geometry = Geometry((40, 40, 10), (1, 1, 1), (0, 0, 0))
+    linker = SliceLinker(link_iou=0.9)  # strict linking: two chains for one lesion
+    linker.add(2, np.array([[10, 10, 20, 20], [10.5, 10.5, 20, 20]]), np.array([0.8, 0.7]))
+    linker.add(3, np.array([[10, 10, 20, 20], [10.5, 10.5, 20, 20]]), np.array([0.6, 0.75]))
+    chains = linker.finish()
+    assert len(chains) == 2
+    assert len(chains_to_boxes(chains, geometry, nms_iou=0.5, min_score=0.0, max_boxes=10)) == 1
+    assert len(chains_to_boxes(chains, geometry, nms_iou=0.99, min_score=0.0, max_boxes=10)) == 2
+
+
+# --- FROC --------------------------------------------------------------------------------------
+
+def test_matching_counts_each_lesion_once():
+    truth = np.array([[10, 10, 20, 20], [40, 40, 50, 50]], dtype=float)
+    boxes = np.array([[10, 10, 20, 21], [11, 10, 20, 20], [0, 0, 5, 5], [41, 42, 50, 50]], dtype=float)
+    fp, lesions = match_detections(boxes, np.array([0.9, 0.95, 0.5, 0.4]), truth, 0.5)
+    assert lesions == [0.95, 0.4]  # the duplicate hit (0.9) is neither a hit nor a false positive
+    assert fp == [0.5]
+    fp, lesions = match_detections(boxes[3:], np.array([0.4]), truth, 0.8)  # IoU 0.72 < 0.8
+    assert fp == [0.4] and lesions == [None, None]
+
+
+def test_froc_agrees_with_monai():
+    from monai.metrics.froc import compute_froc_curve_data, compute_froc_score
+
+    rng = np.random.default_rng(11)
+    n_images = 20
+    fp_all, lesions_all = [], []
+    for _ in range(n_images):
+        truth = []
+        for _ in range(rng.integers(1, 4)):
+            x, y = rng.uniform(20, 400, 2)
+            truth.append([x, y, x + rng.uniform(10, 60), y + rng.uniform(10, 60)])
+        truth = np.array(truth)
+        dets, scores = [], []
+        for t in truth:
+            if rng.uniform() < 0.85:  # found, with jitter; sometimes twice
+                for _ in range(rng.integers(1, 3)):
+                    dets.append(t + rng.normal(0, 2, 4))
+                    scores.append(rng.uniform(0.2, 1.0))
+        for _ in range(rng.integers(10, 14)):  # false positives (more than 8 per image)
+            x, y = rng.uniform(450, 500, 2)
+            dets.append([x, y, x + 8, y + 8])
+            scores.append(rng.uniform(0.0, 0.9))
+        fp, lesions = match_detections(np.array(dets), np.array(scores), truth, 0.5)
+        fp_all += fp
+        lesions_all += lesions
+    ours = froc_summary(fp_all, lesions_all, n_images)
+    fps, sens = compute_froc_curve_data(np.array(fp_all), np.array([s or 0.0 for s in lesions_all]),
+                                        num_targets=len(lesions_all), num_images=n_images)
+    rates = (0.5, 1, 2, 4, 8)
+    monai_each = np.interp(rates, fps[::-1], sens[::-1])
+    np.testing.assert_allclose(list(ours["froc"].values()), monai_each, atol=1e-12)
+    assert ours["froc_mean"] == pytest.approx(compute_froc_score(fps, sens, eval_thresholds=rates), abs=1e-12)
+    assert 0.1 < ours["froc"]["1"] < ours["froc"]["4"] < ours["froc"]["8"] <= 1.0  # a real curve, not a constant
+
+
+# --- networks and weights ----------------------------------------------------------------------
+
+def test_paper_anchors_and_input_size():
+    model = get_method("liver-frcnn").build_model(get_method("liver-frcnn").defaults)
+    anchors = model.rpn.anchor_generator
+    assert anchors.sizes == ((16,), (24,), (32,), (48,), (96,))
+    assert all(r == (0.5, 1.0, 2.0) for r in anchors.aspect_ratios)
+    assert model.transform.min_size == (512,) and model.transform.max_size == 512
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert type(model.backbone.body.layer1[0].conv1).__name__ == "Conv2d"
+    assert sum(p.numel() for p in model.parameters()) > 40e6  # ResNet-50 FPN
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v3_large"])
+def test_other_backbones_detect(backbone):
+    method = get_method("liver-frcnn")
+    model = method.build_model({**method.defaults, **TINY, "backbone": backbone}).eval()
+    out = model([torch.rand(3, 64, 64)])[0]
+    assert set(out) == {"boxes", "scores", "labels"}
+
+
+def test_imagenet_weights_load_from_local_file_or_fail_clearly(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    method = get_method("liver-frcnn")
+    cfg = {**method.defaults, **TINY, "pretrained": True}
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(LesionDetectError, match=r"resnet18-f37072fd\.pth.*hub/checkpoints"):
+        method.build_model(cfg, pretrained=True)
+    stand_in = resnet18().state_dict()
+    stand_in["conv1.weight"].fill_(0.125)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(stand_in, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = method.build_model(cfg, pretrained=True)
+    assert torch.all(model.backbone.body.conv1.weight == 0.125)
+    assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"  # torchvision's fine-tuning rule
+    # a model rebuilt from the same config without loading has the same structure
+    model.load_state_dict(method.build_model(cfg, pretrained=False).state_dict())
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+class DarkBlobDetector(torch.nn.Module):
+    """A stand-in detector: boxes around dark blobs of the key-slice channel, score by size."""
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            key = image[1].numpy()
+            labels, _ = ndimage.label((key > 0.3) & (key < 0.47))  # lesion 0 HU, not fat or liver
+            boxes, scores = [], []
+            for sl in ndimage.find_objects(labels):
+                if sl[0].stop - sl[0].start >= 2:
+                    boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+                    scores.append(0.9)
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.tensor(scores, dtype=torch.float32), "labels": torch.ones(len(boxes))})
+        return out
+
+
+def test_whole_volume_boxes_land_on_the_lesion_in_physical_space():
+    image, truth = liver_volume(np.random.default_rng(5), shape=(12, 48, 56), direction=_orthonormal(OBLIQUE))
+    method = get_method("liver-frcnn")
+    card = ModelCard(method="liver-frcnn", modality="CT", config={**method.defaults, **TINY}, thresholds={"score": 0.5})
+    pred = method.predict(DarkBlobDetector(), card, image, torch.device("cpu"))
+    assert len(pred.boxes) == 1
+    cz, y0, x0, y1, x1, z0, z1 = truth[0]
+    geometry = Geometry.of(image)
+    # the lesion's voxels, as the stand-in sees them on each slice (noise-free threshold region)
+    lo = np.array([x0, y0, z0], dtype=float)
+    hi = np.array([x1 - 1, y1 - 1, z1], dtype=float)
+    box = pred.boxes[0]
+    corners_idx = geometry.lps_to_index(box.corners())
+    np.testing.assert_allclose(corners_idx.min(axis=0)[2], lo[2] - 0.5, atol=1.01)  # slices: +- one slice
+    np.testing.assert_allclose(corners_idx.min(axis=0)[:2], lo[:2] - 0.5, atol=1.01)
+    np.testing.assert_allclose(corners_idx.max(axis=0)[:2], hi[:2] + 0.5, atol=1.01)
+    assert geometry.contains(box.center)
+    assert cz in [s["slice"] for s in box.extra["slices"]]
+    # a slice range: only those slices are looked at
+    part = method.predict(DarkBlobDetector(), card, image, torch.device("cpu"), slices=f"{cz}:{cz}")
+    assert [s["slice"] for s in part.boxes[0].extra["slices"]] == [cz]
+    assert part.provenance.parameters["slices"] == [cz, cz]
+    with pytest.raises(LesionDetectError, match="selects no slice"):
+        method.predict(DarkBlobDetector(), card, image, torch.device("cpu"), slices="50:60")
+
+
+def test_froc_of_a_perfect_detector_is_one(tmp_path):
+    ds = load_dataset(write_liver_dataset(tmp_path / "ds", n_cases=3))
+    summary = froc_of(DarkBlobDetector(), {**get_method("liver-frcnn").defaults, **TINY}, ds.cases,
+                      torch.device("cpu"))
+    assert summary["lesions"] == 3 and summary["images"] == 3
+    assert summary["froc"] == {"0.5": 1.0, "1": 1.0, "2": 1.0, "4": 1.0, "8": 1.0}
+    assert summary["top1_iou_0.1_sensitivity"] == 1.0
+
+
+def test_train_infer_evaluate_on_tiny_ct(tmp_path, run_cli):
+    data = write_liver_dataset(tmp_path / "ds", n_cases=4)
+    model_dir = tmp_path / "model"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"description": "tiny test model", **TINY}))
+    code, out, err = run_cli("train", "--method", "liver-frcnn", "--data", data, "--out", model_dir,
+                             "--config", config, "--device", "cpu", "--set", "epochs=1")
+    assert code == 0, err
+    card = json.loads((model_dir / "model.json").read_text())
+    assert card["config"]["backbone"] == "resnet18" and 0.0 < card["thresholds"]["score"] <= 1.0
+    assert card["training"]["train_samples"] == 2 and card["training"]["val_samples"] == 1
+    code, out, err = run_cli("infer", "--model", model_dir, "--input", data / "images" / "c3.nrrd",
+                             "--out", tmp_path / "pred", "--set", "slices=2:7", "--threshold", "0.0")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "pred" / "prediction.json").read_text())
+    assert manifest["provenance"]["parameters"]["slices"] == [2, 7]
+    if manifest["counts"]["boxes"]:
+        from LesionDetectLib.markups import read_boxes
+
+        boxes = read_boxes(tmp_path / "pred" / "boxes.mrk.json")
+        assert all(2 <= s["slice"] <= 7 for b in boxes for s in b.extra["slices"])
+    code, out, err = run_cli("evaluate", "--model", model_dir, "--data", data, "--json", tmp_path / "m.json",
+                             "--plot", tmp_path / "froc.png")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["froc"]) == {"0.5", "1", "2", "4", "8"} and 0 <= metrics["froc_mean"] <= 1
+    assert metrics["images"] == 1 and (tmp_path / "froc.png").stat().st_size > 1000
+    assert "FP per image" in out
+
+
+@pytest.mark.parametrize("variant", ["cnn_regressor", "cnn_regressor_vgg"])
+def test_baseline_regressors_train_and_report_iou_sensitivity(tmp_path, variant):
+    from LesionDetectLib.training import load_trained, train
+
+    data = write_liver_dataset(tmp_path / "ds", n_cases=3)
+    out = train("liver-frcnn", data, tmp_path / variant, overrides={
+        "model": variant, "image_size": 32, "epochs": 2, "batch_size": 1, "optimizer": "adam", "lr": 1e-3,
+        "lr_schedule": None}, device="cpu")
+    method, model, card, device = load_trained(out, device="cpu")
+    metrics = method.evaluate(model, card, load_dataset(data), device, split="all")
+    assert metrics["lesions"] == 3 and 0.0 <= metrics["sensitivity_iou_0.1"] <= 1.0 and metrics["mse"] > 0
+    assert "sensitivity (IoU > 0.1)" in method.report(metrics)
+    with pytest.raises(LesionDetectError, match="cannot say where no lesion is"):
+        method.predict(model, card, sitk.ReadImage(str(data / "images" / "c0.nrrd")), device)
+
+
+def test_regressor_learns_a_box():
+    """The MSE baseline can fit one lesion's box (the paper's training-set behaviour)."""
+    from LesionDetectLib.methods.liver_frcnn.networks import BoxRegressor
+
+    torch.manual_seed(0)
+    net = BoxRegressor(3, 32, width=8)
+    image = torch.rand(4, 3, 32, 32)
+    target = torch.tensor([[0.2, 0.3, 0.4, 0.5]]).repeat(4, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    first = None
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(net(image), target)
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.01 * first
