@@ -124,7 +124,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     seed = int(config.get("seed", 0))
     seed_everything(seed)
     dev = select_device(device)
-    model = method.build_model(config, pretrained=bool(config.get("pretrained", False))).to(dev)
+    model = method.build_model(config, pretrained=bool(config.get("pretrained") or config.get("weights"))).to(dev)
     train_set, val_set = method.training_data(dataset, config, seed)
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")

@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
                                                    "falling back to all cases when the dataset has no splits)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics as JSON to this file")
+    p.add_argument("--plot", help="also save the FROC curve as an image (methods that measure FROC)")
     p.set_defaults(func=run)
 
 
@@ -29,4 +30,11 @@ def run(args) -> int:
     print(method.report(metrics))
     if args.json:
         write_json(args.json, metrics, overwrite=True)
+    if args.plot:
+        from ..errors import LesionDetectError
+        from ..metrics.froc import plot_froc
+
+        if "curve" not in metrics:
+            raise LesionDetectError(f"method '{method.name}' with this model reports no FROC curve to plot")
+        plot_froc(metrics, args.plot, title=f"{method.name} FROC ({args.split})")
     return 0

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model card's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method's inference option (JSON value), e.g. --set slices=10:40 for liver-frcnn")
     p.add_argument("--mrb", help="also write a Slicer scene bundle (.mrb) with everything styled")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prediction in --out")
     p.set_defaults(func=run)
@@ -44,7 +46,11 @@ def run(args) -> int:
     model_path = resolve_model(args)
     method, model, card, device = load_trained(model_path, device=args.device)
     image = read_image(args.input)
-    options = {} if args.threshold is None else {"threshold": args.threshold}
+    from .train import parse_overrides
+
+    options = parse_overrides(args)
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
     pred = method.predict(model, card, image, device, **options)
     pred.provenance.input = str(args.input)
     written = write_prediction(pred, args.out, overwrite=args.overwrite)
