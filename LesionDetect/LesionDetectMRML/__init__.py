@@ -1,0 +1,14 @@
+"""LesionDetectMRML: the Qt-free layer between LesionDetectLib and MRML.
+
+Used by the LesionDetect module inside Slicer and, with the slicer-core wheel, by the .mrb
+writer and the tests.  Functions take the scene and logic objects they need (no slicer.app,
+no slicer.modules):
+
+- headless: a scene with its logics without the Slicer application (slicer-core);
+- convert:  Prediction parts <-> volume, segmentation, ROI, fiducial and table nodes;
+- overlay:  a Prediction shown in a scene, live threshold, score filter, findings;
+- export:   corrected results -> a dataset case (never overwriting);
+- process:  `lesiondetect infer` as a child process with progress and cancel;
+- bundle:   a Slicer scene bundle (.mrb) from an image and a prediction folder;
+- samples:  synthetic studies with their Predictions (sample data, self-tests).
+"""

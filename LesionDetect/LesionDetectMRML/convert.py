@@ -1,0 +1,313 @@
+"""LesionDetectLib objects <-> MRML nodes, both ways, with geometry kept exactly.
+
+Every function takes the scene (and the logic it needs) as an argument: no slicer.app, no
+slicer.modules, so the same code runs inside Slicer and against the slicer-core wheel.
+Physical points are LPS in LesionDetectLib and RAS in MRML; every conversion goes through
+`LesionDetectLib.geometry.lps_to_ras` / `ras_to_lps` (its own inverse), nowhere else.
+
+Score conventions: the same as LesionDetectLib.markups writes into .mrk.json, so that what
+Slicer saves from these nodes reads back there: a control point carries the lesion's label
+as its label and {"score": ..., "extra": ...} as JSON in its description (Slicer keeps
+control-point descriptions when the user deletes or reorders points); a ROI also keeps its
+score as the custom measurement "LesionDetect.score" and is named "<label> <score>".  A box
+or point the user added by hand has no score: it reads back with score 1.0, label "lesion".
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+from vtk.util import numpy_support
+
+from LesionDetectLib.geometry import Geometry, lps_to_ras, ras_to_lps
+from LesionDetectLib import markups
+from LesionDetectLib.markups import SCORE_MEASUREMENT
+from LesionDetectLib.prediction import ClassResult, LesionBox, LesionPoint
+from LesionDetectLib.segnrrd import LESION_COLOR, LESION_TERMINOLOGY, lesion_segment
+
+ROLE_ATTRIBUTE = "LesionDetect.role"  # "probability", "segmentation", "box", "points", "classes"
+LESION_SEGMENT_ID = lesion_segment().id
+HAND_PLACED_SCORE = 1.0
+HAND_PLACED_LABEL = "lesion"
+
+
+# --- matrices -------------------------------------------------------------------------------
+
+def _vtk_matrix(array) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    a = np.asarray(array, dtype=float)
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            m.SetElement(r, c, a[r, c])
+    return m
+
+
+def _numpy_matrix(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _lps_columns_to_ras(matrix3) -> np.ndarray:
+    """A 3x3 whose columns are LPS directions -> the same directions in RAS."""
+    return lps_to_ras(np.asarray(matrix3, dtype=float).reshape(3, 3).T).T
+
+
+_ras_columns_to_lps = _lps_columns_to_ras  # the flip is its own inverse
+
+
+# --- volumes --------------------------------------------------------------------------------
+
+def set_volume_array(node, array: np.ndarray, geometry: Geometry) -> None:
+    """Put a (z, y, x) array with `geometry` into a volume node (deep copy, exact geometry)."""
+    array = np.asarray(array)
+    if array.shape != geometry.shape:
+        raise ValueError(f"array shape {array.shape} differs from the geometry's (z, y, x) {geometry.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    flat = np.ascontiguousarray(array).ravel()
+    scalars = numpy_support.numpy_to_vtk(flat, deep=True, array_type=numpy_support.get_vtk_array_type(flat.dtype))
+    image = vtk.vtkImageData()
+    image.SetDimensions(*geometry.size)
+    image.GetPointData().SetScalars(scalars)
+    # spacing, origin and directions set one by one so each is stored exactly as given
+    node.SetSpacing(*geometry.spacing)
+    node.SetOrigin(*lps_to_ras(geometry.origin))
+    directions = np.eye(4)
+    directions[:3, :3] = _lps_columns_to_ras(geometry.direction)
+    node.SetIJKToRASDirectionMatrix(_vtk_matrix(directions))
+    node.SetAndObserveImageData(image)
+
+
+def add_volume(scene, array: np.ndarray, geometry: Geometry, name: str,
+               class_name: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node (with display node) holding `array` on `geometry`."""
+    node = scene.AddNewNodeByClass(class_name, name)
+    set_volume_array(node, array, geometry)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def add_image_volume(scene, image: sitk.Image, name: str):
+    """A SimpleITK image as a scalar volume node (values and geometry exactly as in the image)."""
+    return add_volume(scene, sitk.GetArrayFromImage(image), Geometry.of(image), name)
+
+
+def volume_geometry(node) -> Geometry:
+    """The LPS geometry of a volume node."""
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASDirectionMatrix(m)
+    directions = _ras_columns_to_lps(_numpy_matrix(m)[:3, :3])
+    size = node.GetImageData().GetDimensions()
+    return Geometry(size, node.GetSpacing(), ras_to_lps(node.GetOrigin()), directions.ravel())
+
+
+def volume_array(node) -> np.ndarray:
+    """A (z, y, x) copy of a volume node's voxels."""
+    image = node.GetImageData()
+    nx, ny, nz = image.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return scalars.reshape(nz, ny, nx).copy()
+
+
+def volume_to_image(node) -> sitk.Image:
+    """A volume node as a SimpleITK image with its exact geometry."""
+    return volume_geometry(node).image(volume_array(node))
+
+
+# --- segmentation ---------------------------------------------------------------------------
+
+def _labelmap_node(scene, mask: np.ndarray, geometry: Geometry):
+    """A temporary labelmap node (caller removes it)."""
+    return add_volume(scene, (np.asarray(mask) > 0).astype(np.uint8), geometry, "LesionDetect temporary labelmap",
+                      class_name="vtkMRMLLabelMapVolumeNode")
+
+
+def add_segmentation(scene, segmentations_logic, mask: np.ndarray, geometry: Geometry, reference_volume,
+                     name: str = "Lesions", status: str = "inprogress"):
+    """A segmentation node with one lesion segment (terminology, colour, Segmentation.Status),
+    the reference volume as its geometry, and `mask` as the segment's voxels."""
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg_node.CreateDefaultDisplayNodes()
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    seg_node.SetNodeReferenceID(seg_node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
+    segmentation = seg_node.GetSegmentation()
+    segmentation.AddEmptySegment(LESION_SEGMENT_ID, lesion_segment().name, LESION_COLOR)
+    segment = segmentation.GetSegment(LESION_SEGMENT_ID)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)
+    segment.SetTag("Segmentation.Status", status)
+    set_segment_mask(seg_node, LESION_SEGMENT_ID, mask, geometry, segmentations_logic)
+    return seg_node
+
+
+def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, geometry: Geometry, segmentations_logic) -> None:
+    """Replace one segment's voxels with `mask` ((z, y, x) on `geometry`)."""
+    scene = seg_node.GetScene()
+    labelmap = _labelmap_node(scene, mask, geometry)
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, seg_node, ids):
+            raise RuntimeError(f"could not import the mask into segment {segment_id!r}")
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def segment_mask(seg_node, segment_id: str, reference_volume, segmentations_logic) -> np.ndarray:
+    """One segment as a uint8 (z, y, x) mask on the reference volume's grid."""
+    import slicer
+
+    scene = seg_node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "LesionDetect temporary export")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        ok = segmentations_logic.ExportSegmentsToLabelmapNode(
+            seg_node, ids, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        if not ok:
+            raise RuntimeError(f"could not export segment {segment_id!r}")
+        if not volume_geometry(labelmap).same_grid(volume_geometry(reference_volume), tol=1e-6):
+            raise RuntimeError("the exported segment is not on the reference volume's grid")
+        return (volume_array(labelmap) > 0).astype(np.uint8)
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+# --- boxes ----------------------------------------------------------------------------------
+
+def format_score(score: float) -> str:
+    return f"{score:.2f}"
+
+
+def add_box(scene, box: LesionBox, name: str | None = None):
+    """One ROI node (type Box) for a LesionBox, named with its score, score as a measurement."""
+    import slicer  # the measurement class lives in the MRML library
+
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name or f"{box.label} {format_score(box.score)}")
+    roi.SetROIType(roi.ROITypeBox)
+    # a box is symmetric: its axes are signed as Slicer's ROIs are (a rotation, identity when
+    # axis-aligned), the same rule the markups writer uses for files
+    axes = _lps_columns_to_ras(markups.roi_orientation_lps(box.axes))
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes
+    object_to_node[:3, 3] = lps_to_ras(box.center)
+    # size first: SetSize moves the centre through single-precision points, the matrix does not
+    roi.SetSize(*box.size)
+    roi.SetAndObserveObjectToNodeMatrix(_vtk_matrix(object_to_node))
+    roi.SetNthControlPointLabel(0, box.label)
+    roi.SetNthControlPointDescription(0, _description(box.score, box.extra))
+    measurement = slicer.vtkMRMLStaticMeasurement()
+    measurement.SetName(SCORE_MEASUREMENT)
+    measurement.SetValue(box.score)
+    measurement.SetUnits("")
+    measurement.SetPrintFormat("%.2f")
+    measurement.SetDescription("detection score")
+    measurement.SetEnabled(True)
+    roi.AddMeasurement(measurement)
+    roi.SetAttribute(ROLE_ATTRIBUTE, "box")
+    roi.CreateDefaultDisplayNodes()
+    return roi
+
+
+def _description(score: float, extra: dict | None = None) -> str:
+    """The control-point description LesionDetectLib.markups writes: JSON with the score."""
+    return json.dumps({"score": score, **({"extra": extra} if extra else {})}, sort_keys=True)
+
+
+def _parse_description(text: str) -> dict:
+    try:
+        d = json.loads(text or "")
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return d if isinstance(d, dict) and isinstance(d.get("score"), (int, float)) else {}
+
+
+def box_score(roi) -> float:
+    """A ROI's score: its control point's description, else its score measurement, else 1.0 (drawn by hand)."""
+    if roi.GetNumberOfControlPoints():
+        d = _parse_description(roi.GetNthControlPointDescription(0))
+        if d:
+            return float(d["score"])
+    measurement = roi.GetMeasurement(SCORE_MEASUREMENT)
+    if measurement is not None and measurement.GetValueDefined():
+        return float(measurement.GetValue())
+    return HAND_PLACED_SCORE
+
+
+def roi_to_box(roi) -> LesionBox:
+    """A ROI node (as the user left it: moved, resized, rotated) as a LesionBox in LPS."""
+    object_to_node = _numpy_matrix(roi.GetObjectToNodeMatrix())
+    center = [0.0, 0.0, 0.0]
+    roi.GetCenter(center)
+    d = _parse_description(roi.GetNthControlPointDescription(0)) if roi.GetNumberOfControlPoints() else {}
+    label = roi.GetNthControlPointLabel(0) if d else HAND_PLACED_LABEL
+    return LesionBox(center=ras_to_lps(center), size=roi.GetSize(), score=box_score(roi), label=label,
+                     axes=_ras_columns_to_lps(object_to_node[:3, :3]).ravel(), extra=d.get("extra") or {})
+
+
+# --- points ---------------------------------------------------------------------------------
+
+def add_points(scene, points: list[LesionPoint], name: str = "Lesion points"):
+    """A fiducial list with one control point per lesion point (label and score kept)."""
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.SetAttribute(ROLE_ATTRIBUTE, "points")
+    node.CreateDefaultDisplayNodes()
+    for point in points:
+        index = node.AddControlPoint(vtk.vtkVector3d(*lps_to_ras(point.position)), point.label)
+        node.SetNthControlPointDescription(index, _description(point.score))
+    return node
+
+
+def point_score(node, n: int) -> float:
+    d = _parse_description(node.GetNthControlPointDescription(n))
+    return float(d["score"]) if d else HAND_PLACED_SCORE
+
+
+def fiducials_to_points(node) -> list[LesionPoint]:
+    """Every placed control point of a fiducial list as a LesionPoint in LPS."""
+    points = []
+    for n in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(n) != node.PositionDefined:
+            continue  # a point still being placed, or whose placement was cancelled
+        scored = bool(_parse_description(node.GetNthControlPointDescription(n)))
+        points.append(LesionPoint(ras_to_lps(node.GetNthControlPointPositionVector(n)), score=point_score(node, n),
+                                  label=node.GetNthControlPointLabel(n) if scored else HAND_PLACED_LABEL))
+    return points
+
+
+# --- class results --------------------------------------------------------------------------
+
+def add_class_table(scene, classes: list[ClassResult], name: str = "Lesion classes"):
+    """A table node: one row per class result (scope, index, label, one column per class)."""
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table.SetAttribute(ROLE_ATTRIBUTE, "classes")
+    class_names = sorted({k for c in classes for k in c.probabilities})
+    columns = {"scope": vtk.vtkStringArray(), "index": vtk.vtkStringArray(), "label": vtk.vtkStringArray()}
+    columns.update({k: vtk.vtkDoubleArray() for k in class_names})
+    for column_name, column in columns.items():
+        column.SetName(column_name)
+    for c in classes:
+        columns["scope"].InsertNextValue(c.scope)
+        columns["index"].InsertNextValue("" if c.index is None else str(c.index))
+        columns["label"].InsertNextValue(c.label)
+        for k in class_names:
+            columns[k].InsertNextValue(c.probabilities.get(k, float("nan")))
+    for column in columns.values():
+        table.AddColumn(column)
+    return table
+
+
+def table_to_classes(table) -> list[ClassResult]:
+    """The inverse of `add_class_table`."""
+    vtable = table.GetTable()
+    names = [vtable.GetColumnName(c) for c in range(vtable.GetNumberOfColumns())]
+    class_names = [n for n in names if n not in ("scope", "index", "label")]
+    results = []
+    for r in range(vtable.GetNumberOfRows()):
+        index = vtable.GetValueByName(r, "index").ToString()
+        probabilities = {k: vtable.GetValueByName(r, k).ToDouble() for k in class_names}
+        results.append(ClassResult({k: v for k, v in probabilities.items() if not np.isnan(v)},
+                                   scope=vtable.GetValueByName(r, "scope").ToString(),
+                                   index=int(index) if index else None))
+    return results

@@ -1,0 +1,198 @@
+"""A Prediction shown in a scene, and the live controls on it (threshold, score filter, opacity).
+
+`add_prediction` turns a Prediction into nodes: the probability map as a float volume in the
+foreground of every slice view (Inferno, window 0-1, voxels under the threshold transparent),
+the mask as a lesion segment referring to the input volume, one ROI per box, a fiducial list
+of points and a table of class results.  Moving the threshold rebuilds the lesion segment
+from the probability volume (no model run); the score filter hides boxes below it.
+Everything takes the scene and logics as arguments (Qt-free; see convert.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from LesionDetectLib.prediction import Prediction
+
+from . import convert
+
+INFERNO = "vtkMRMLColorTableNodeFileInferno.txt"
+COLD_TO_HOT = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+DEFAULT_OPACITY = 0.5
+
+
+@dataclass
+class PredictionNodes:
+    """The nodes one Prediction became; the findings table and the export read them."""
+
+    input_volume: object
+    probability: object | None = None
+    segmentation: object | None = None
+    segment_id: str = convert.LESION_SEGMENT_ID
+    boxes: list = field(default_factory=list)
+    points: object | None = None
+    classes: object | None = None
+    threshold: float | None = None
+
+    def nodes(self) -> list:
+        return [n for n in (self.probability, self.segmentation, *self.boxes, self.points, self.classes)
+                if n is not None]
+
+
+def add_prediction(scene, segmentations_logic, input_volume, prediction: Prediction, threshold: float | None = None,
+                   opacity: float = DEFAULT_OPACITY, color_node_id: str = INFERNO,
+                   name: str | None = None) -> PredictionNodes:
+    """Every part of `prediction` as styled nodes on `input_volume`'s geometry.
+
+    `threshold` defaults to the prediction's own; with a probability map the segment is the
+    map at that threshold, otherwise the prediction's mask.
+    """
+    if not convert.volume_geometry(input_volume).same_grid(prediction.geometry):
+        raise ValueError("the prediction's geometry differs from the input volume's")
+    base = name or input_volume.GetName()
+    threshold = prediction.threshold if threshold is None else float(threshold)
+    nodes = PredictionNodes(input_volume=input_volume, threshold=threshold)
+    if prediction.probability is not None:
+        nodes.probability = convert.add_volume(scene, prediction.probability, prediction.geometry,
+                                               f"{base} lesion probability")
+        nodes.probability.SetAttribute(convert.ROLE_ATTRIBUTE, "probability")
+        style_probability(nodes.probability, threshold if threshold is not None else 0.5, color_node_id)
+        show_in_slice_views(scene, input_volume, nodes.probability, opacity)
+    mask = (prediction.thresholded(threshold) if prediction.probability is not None and threshold is not None
+            else prediction.mask)
+    if mask is not None:
+        nodes.segmentation = convert.add_segmentation(scene, segmentations_logic, mask, prediction.geometry,
+                                                      input_volume, name=f"{base} lesions")
+        nodes.segmentation.SetAttribute(convert.ROLE_ATTRIBUTE, "segmentation")
+    nodes.boxes = [convert.add_box(scene, box) for box in prediction.boxes]
+    if prediction.points:
+        nodes.points = convert.add_points(scene, prediction.points, name=f"{base} lesion points")
+    if prediction.classes:
+        nodes.classes = convert.add_class_table(scene, prediction.classes, name=f"{base} lesion classes")
+    return nodes
+
+
+def remove_prediction(scene, nodes: PredictionNodes) -> None:
+    for node in nodes.nodes():
+        scene.RemoveNode(node)
+
+
+# --- display --------------------------------------------------------------------------------
+
+def style_probability(volume, threshold: float, color_node_id: str = INFERNO) -> None:
+    """Colour map, fixed window 0-1, voxels under `threshold` transparent."""
+    display = volume.GetDisplayNode()
+    display.SetAndObserveColorNodeID(color_node_id)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetApplyThreshold(1)
+    display.SetThreshold(threshold, max(1.0, threshold))
+    display.SetInterpolate(0)
+
+
+def show_in_slice_views(scene, background, foreground, opacity: float) -> None:
+    """Input in the background and the probability map in the foreground of every slice view."""
+    for composite in _composite_nodes(scene):
+        composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
+        composite.SetForegroundOpacity(opacity)
+
+
+def set_opacity(scene, opacity: float) -> None:
+    for composite in _composite_nodes(scene):
+        composite.SetForegroundOpacity(opacity)
+
+
+def _composite_nodes(scene) -> list:
+    return [scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+            for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+
+
+# --- live controls --------------------------------------------------------------------------
+
+def set_threshold(nodes: PredictionNodes, threshold: float, segmentations_logic) -> int:
+    """Rebuild the lesion segment as probability >= threshold and move the display threshold.
+
+    Returns the number of lesion voxels.  Hand edits to the segment are replaced: this is the
+    model's mask at a new threshold.
+    """
+    if nodes.probability is None:
+        raise ValueError("this result has no probability map to re-threshold")
+    probability = convert.volume_array(nodes.probability)
+    mask = (probability >= threshold).astype(np.uint8)
+    geometry = convert.volume_geometry(nodes.probability)
+    if nodes.segmentation is None:
+        scene = nodes.probability.GetScene()
+        nodes.segmentation = convert.add_segmentation(scene, segmentations_logic, mask, geometry, nodes.input_volume)
+    else:
+        convert.set_segment_mask(nodes.segmentation, nodes.segment_id, mask, geometry, segmentations_logic)
+    display = nodes.probability.GetDisplayNode()
+    display.SetThreshold(threshold, max(1.0, threshold))
+    nodes.threshold = float(threshold)
+    return int(mask.sum())
+
+
+def filter_boxes(box_nodes, min_score: float) -> int:
+    """Hide boxes scoring under `min_score`, show the others; returns how many are shown."""
+    shown = 0
+    for roi in box_nodes:
+        visible = convert.box_score(roi) >= min_score
+        roi.GetDisplayNode().SetVisibility(visible)
+        shown += visible
+    return shown
+
+
+# --- findings (the module's table) ----------------------------------------------------------
+
+@dataclass
+class Finding:
+    kind: str  # "candidate", "component" or "box"
+    name: str
+    score: float | None
+    center_ras: tuple[float, float, float]
+    detail: str = ""
+
+
+def findings(nodes: PredictionNodes, segmentations_logic, min_score: float = 0.0) -> list[Finding]:
+    """What the table lists: lesion candidates (points), mask components, boxes at or above min_score."""
+    from scipy import ndimage
+
+    from LesionDetectLib.geometry import lps_to_ras
+
+    rows: list[Finding] = []
+    if nodes.points is not None:
+        for n in range(nodes.points.GetNumberOfControlPoints()):
+            score = convert.point_score(nodes.points, n)
+            if score >= min_score:
+                rows.append(Finding("candidate", nodes.points.GetNthControlPointLabel(n), score,
+                                    tuple(nodes.points.GetNthControlPointPositionVector(n))))
+    if nodes.segmentation is not None:
+        mask = convert.segment_mask(nodes.segmentation, nodes.segment_id, nodes.input_volume, segmentations_logic)
+        geometry = convert.volume_geometry(nodes.input_volume)
+        labels, count = ndimage.label(mask)
+        voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+        probability = convert.volume_array(nodes.probability) if nodes.probability is not None else None
+        for n, zyx in enumerate(ndimage.center_of_mass(mask, labels, range(1, count + 1)), start=1):
+            component = labels == n
+            score = float(probability[component].max()) if probability is not None else None
+            centre = lps_to_ras(geometry.index_to_lps(np.asarray(zyx)[::-1]))
+            rows.append(Finding("component", f"component {n}", score, tuple(float(v) for v in centre),
+                                f"{component.sum() * voxel_ml:.3g} ml"))
+    for roi in nodes.boxes:
+        score = convert.box_score(roi)
+        if score >= min_score:
+            center = [0.0, 0.0, 0.0]
+            roi.GetCenter(center)
+            size = roi.GetSize()
+            rows.append(Finding("box", roi.GetName(), score, tuple(center),
+                                " x ".join(f"{s:.1f}" for s in size) + " mm"))
+    return rows
+
+
+def centre_views(scene, center_ras) -> None:
+    """Move every slice view so it is centred on a RAS point (MRML's own jump, no Qt)."""
+    import slicer
+
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *center_ras, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
