@@ -1,0 +1,266 @@
+"""Method 000 `bone-ct-patch`: bone lesions in CT with a 15 mm patch classifier
+(Hofmanninger et al., "Detecting bone lesions in multiple myeloma patients using transfer
+learning", DATRA@MICCAI 2018; seed text shared/seeds/000_*.txt).
+
+Modules:
+    patches.py     bone mask from HU, lesion centres, training positions, grid_sample extraction
+    network.py     VGG-16 + three FC layers (PatchNet), HU encodings, ImageNet loading, dense form
+    parsing.py     dense volume parsing over the bone mask, per-patch reference, candidates
+    evaluation.py  patch metrics (Table 2), candidate-to-lesion matching, runs over seeds
+    bench.py       `lesiondetect bench bone-ct-parse`
+
+Inputs (dataset.json layout): CT in HU; lesion centres as `points` (.mrk.json), or `boxes`
+(centres used), or a lesion `mask` (component centroids); the bone mask as `roi`.  Without
+a `roi` the bone mask is computed from HU (patches.bone_mask_from_hu: >= 200 HU, closed
+with a 3 mm ball, holes filled per slice, components < 50 mm^3 dropped), so a CT alone is
+enough to run the method.
+
+Training samples (the paper's section 2.1): per volume, `augment` (5) axial patches per
+lesion centre (randomly rotated and mirrored; the first unaugmented) and as many negatives
+at random bone voxels whose square cannot overlap a positive square (on slices within
+`exclusion_z_mm` of the lesion); 15 x 15 mm sampled at 64 x 64.  Splits are by patient,
+72 / 10 / 18 % (train / val / test) with `split_seed`, unless the dataset gives splits.
+
+Encodings: "grey" (bone window -500..1500 HU repeated in 3 channels) or "3c" (< 100 HU,
+> 400 HU, 100-400 HU windows); the encoding is the network's first layer.
+
+The four paper models are one command each (Resources/configs/bone-ct-patch/):
+    lesiondetect train --method bone-ct-patch --config Resources/configs/bone-ct-patch/3c-tl.json \
+        --data DATASET --out MODEL [--weights vgg16-397923af.pth]
+TL / 3C-TL: ImageNet VGG-16 conv weights (torchvision's vgg16-397923af.pth from
+$TORCH_HOME/hub/checkpoints or --weights; nothing is downloaded), first six conv layers
+frozen, 30 epochs.  RI / 3C-RI: random initialisation, all layers trained, 40 epochs.  SGD
+(momentum 0.9) + binary cross-entropy for all.  The decision threshold is the F-max
+threshold on the validation patches (model card `thresholds.patch`).
+
+Inference (`lesiondetect infer`): probability map over the bone mask with the CT's geometry
+(dense parsing, parsing.py: tolerance against patch-by-patch measured by
+`lesiondetect bench bone-ct-parse`), mask = map >= threshold, lesion candidates = local
+maxima (within `candidate_radius_mm`) >= threshold as points with scores.
+
+Faster mode: `parse_stride` 32 (7.5 mm node grid) and/or a model trained with
+`patch_pixels` 32 (config fast.json: 4x fewer FLOPs per patch); see README's method 000
+section for measured times and AUC.
+
+Evaluation (`lesiondetect evaluate --model M [M ...] --data DS [--json F] [--plot froc.png]`):
+patch precision / recall / F / AUC / confusion matrix on the test patches, Table 2 layout,
+mean +- SD over the models of one experiment; lesion-level FROC of the candidates against
+the annotated lesions (JSON keys froc {"0.5","1","2","4","8"}, froc_mean) with a plot.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ...dataset import Dataset, read_mask, split_by_patient
+from ...errors import input_error
+from ...geometry import Geometry
+from ...models import ModelCard
+from ...prediction import Prediction, Provenance
+from .. import register
+from ..base import Method
+from . import evaluation, network, parsing, patches
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@register
+class BoneCTPatch(Method):
+    name = "bone-ct-patch"
+    modality = "CT"
+    paper = "000"
+    defaults: dict[str, Any] = {
+        "experiment": "3C-RI",
+        # patches
+        "patch_mm": 15.0,
+        "patch_pixels": 64,
+        "augment": 5,
+        "negatives_per_positive": 1.0,
+        "exclusion_z_mm": 7.5,
+        "encoding": "3c",
+        "grey_window": [-500.0, 1500.0],
+        "windows_3c": {"low": [-1000.0, 100.0], "high": [400.0, 2000.0], "soft": [100.0, 400.0]},
+        # bone mask when the dataset has no roi
+        "bone_threshold_hu": 200.0,
+        "bone_closing_mm": 3.0,
+        "bone_min_component_mm3": 50.0,
+        # network
+        "width": 1.0,
+        "fc_hidden": [256, 256],
+        "dropout": 0.5,
+        "pretrained": False,
+        "weights": None,
+        "frozen_layers": 6,
+        # training (shared trainer)
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "epochs": 40,
+        "batch_size": 32,
+        "seed": 0,
+        "split": {"train": 0.72, "val": 0.10, "test": 0.18},
+        "split_seed": 0,
+        # volume parsing and candidates
+        "parse_stride": 16,
+        "parse_tile": 8,
+        "parse_margin": 0,
+        "candidate_radius_mm": 10.0,
+        "max_candidates": 200,
+        # lesion-level evaluation
+        "evaluate_volumes": True,
+        "froc_min_score": 0.05,
+        "hit_radius_mm": 10.0,
+    }
+
+    # --- model ----------------------------------------------------------------------------
+    def build_model(self, config, pretrained=False):
+        return network.build(config, pretrained)
+
+    # --- data -----------------------------------------------------------------------------
+    def load_case(self, case, config) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray]:
+        """(HU zyx, bone mask zyx, geometry, lesion centres as continuous zyx indices)."""
+        from ...io import read_image, require_scalar_volume
+
+        image = require_scalar_volume(read_image(case.image), case.image)
+        geometry = Geometry.of(image)
+        hu = patches.hu_array(image)
+        bone = read_mask(case.roi, geometry) if case.roi is not None else self.bone_mask(hu, geometry, config)
+        lesions = patches.lesion_centres_lps(case)
+        zyx = geometry.lps_to_index(lesions)[:, ::-1] if len(lesions) else np.zeros((0, 3))
+        return hu, bone, geometry, zyx
+
+    @staticmethod
+    def bone_mask(hu, geometry: Geometry, config) -> np.ndarray:
+        return patches.bone_mask_from_hu(hu, geometry.spacing, float(config["bone_threshold_hu"]),
+                                         float(config["bone_closing_mm"]), float(config["bone_min_component_mm3"]))
+
+    def split_cases(self, dataset: Dataset, config) -> dict[str, list]:
+        """The dataset's own splits when it has them, else 72/10/18 by patient."""
+        if any(c.split for c in dataset.cases):
+            return {name: dataset.by_split(name) for name in SPLIT_NAMES}
+        parts = split_by_patient(dataset.cases, config["split"], int(config["split_seed"]))
+        return {name: parts.get(name, []) for name in SPLIT_NAMES}
+
+    def patch_set(self, cases, config, seed: int) -> patches.PatchSet:
+        """The paper's patches of `cases`, deterministic for a seed."""
+        all_patches, all_labels, ids = [], [], []
+        for case in cases:
+            hu, bone, geometry, lesions = self.load_case(case, config)
+            rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
+            centres, labels, angles, mirror = patches.training_positions(
+                bone, lesions, geometry.spacing, rng, int(config["augment"]),
+                float(config["negatives_per_positive"]), float(config["patch_mm"]), float(config["exclusion_z_mm"]))
+            if len(centres) == 0:
+                continue
+            all_patches.append(patches.extract_patches(hu, geometry.spacing, centres, float(config["patch_mm"]),
+                                                       int(config["patch_pixels"]), angles, mirror))
+            all_labels.append(torch.from_numpy(labels))
+            ids += [case.id] * len(labels)
+        p = int(config["patch_pixels"])
+        if not all_patches:
+            return patches.PatchSet(torch.zeros((0, 1, p, p)), torch.zeros(0), [])
+        return patches.PatchSet(torch.cat(all_patches), torch.cat(all_labels), ids)
+
+    def training_data(self, dataset, config, seed):
+        splits = self.split_cases(dataset, config)
+        val = self.patch_set(splits["val"], config, seed + 1) if splits["val"] else None
+        return self.patch_set(splits["train"], config, seed), val
+
+    def batch_loss(self, model, batch, device):
+        hu, labels = batch
+        logits = model(hu.to(device))
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.to(device).float())
+
+    @torch.no_grad()
+    def scores(self, model, samples: patches.PatchSet, device, batch: int = 256) -> np.ndarray:
+        model.eval()
+        out = [torch.sigmoid(model(samples.patches[i:i + batch].to(device))).float().cpu()
+               for i in range(0, len(samples), batch)]
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    def calibrate(self, model, dataset, config, device):
+        """F-max threshold on the validation patches (training patches when there is no val split)."""
+        splits = self.split_cases(dataset, config)
+        seed = int(config.get("seed", 0))
+        samples = self.patch_set(splits["val"], config, seed + 1) if splits["val"] else None
+        if samples is None or len(np.unique(samples.labels.numpy())) < 2:
+            samples = self.patch_set(splits["train"], config, seed)
+        return {"patch": evaluation.fmax_threshold(samples.labels.numpy(), self.scores(model, samples, device))}
+
+    # --- use ------------------------------------------------------------------------------
+    def parse(self, model, config, hu, bone, geometry, device, **settings) -> np.ndarray:
+        parser = parsing.DenseParser(model, parsing.ParseSettings.of(config, **settings), device)
+        return parser.parse_volume(hu, bone, geometry.spacing)
+
+    def predict(self, model, card: ModelCard, image: sitk.Image, device, threshold: float | None = None,
+                bone_mask: np.ndarray | None = None, **settings) -> Prediction:
+        config = card.config
+        geometry = Geometry.of(image)
+        hu = patches.hu_array(image)
+        bone = bone_mask if bone_mask is not None else self.bone_mask(hu, geometry, config)
+        threshold = float(card.thresholds.get("patch", 0.5) if threshold is None else threshold)
+        prob = self.parse(model, config, hu, bone, geometry, device, **settings)
+        points = parsing.find_candidates(prob, geometry, threshold, float(config["candidate_radius_mm"]),
+                                         int(config["max_candidates"]))
+        provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
+                                parameters={"threshold": threshold, "experiment": config.get("experiment"),
+                                            "bone_mask": "given" if bone_mask is not None else "from HU",
+                                            **{k: config[k] for k in ("parse_stride", "parse_tile", "patch_mm",
+                                                                      "patch_pixels", "encoding")}, **settings})
+        return Prediction(geometry=geometry, provenance=provenance, probability=prob,
+                          mask=(prob >= threshold).astype(np.uint8), threshold=threshold, points=points)
+
+    def evaluate(self, model, card, dataset, device, split: str = "test", **options):
+        config = card.config
+        cases = dataset.cases if split == "all" else self.split_cases(dataset, config).get(split) or []
+        if not cases and split == "test" and not any(c.split for c in dataset.cases):
+            cases = dataset.cases
+        if not cases:
+            raise input_error(dataset.root, f"has no cases in split '{split}'")
+        seed = int(config.get("seed", 0))
+        samples = self.patch_set(cases, config, seed + 2)
+        metrics: dict[str, Any] = {"experiment": config.get("experiment"), "seed": seed, "split": split,
+                                   "cases": [c.id for c in cases]}
+        if len(samples):
+            metrics.update(evaluation.patch_metrics(samples.labels.numpy(), self.scores(model, samples, device),
+                                                    float(card.thresholds.get("patch", 0.5))))
+        if config.get("evaluate_volumes", True):
+            metrics.update(self.lesion_level(model, config, cases, device))
+        return metrics
+
+    def lesion_level(self, model, config, cases, device) -> dict:
+        """FROC of the volume-parsing candidates against the cases' lesion boxes (or points)."""
+        from ... import markups
+        from ...metrics.froc import froc_summary
+        from ...prediction import LesionPoint
+
+        fp_scores, lesion_scores, per_case = [], [], {}
+        for case in cases:
+            hu, bone, geometry, lesions_zyx = self.load_case(case, config)
+            if case.boxes is not None:
+                lesions = markups.read_boxes(case.boxes)
+            else:
+                lesions = [LesionPoint(p) for p in geometry.index_to_lps(lesions_zyx[:, ::-1])]
+            prob = self.parse(model, config, hu, bone, geometry, device)
+            candidates = parsing.find_candidates(prob, geometry, float(config["froc_min_score"]),
+                                                 float(config["candidate_radius_mm"]), int(config["max_candidates"]))
+            fps, best = evaluation.match_candidates(candidates, lesions, float(config["hit_radius_mm"]))
+            fp_scores += fps
+            lesion_scores += best
+            per_case[case.id] = {"lesions": len(lesions), "candidates": len(candidates),
+                                 "detected": sum(b is not None for b in best)}
+        summary = froc_summary(fp_scores, lesion_scores, n_images=len(cases))
+        return {"froc": summary["froc"], "froc_mean": summary["froc_mean"], "lesions": summary["lesions"],
+                "volumes": summary["images"], "curve": summary["curve"], "per_case": per_case}
+
+    def combine(self, runs: list[dict]) -> dict:
+        return evaluation.combine_runs(runs)
+
+    def report(self, metrics):
+        return evaluation.table2(metrics)

@@ -1,0 +1,121 @@
+"""Metrics of method 000: patch-level (the paper's Table 2) and lesion-level (FROC).
+
+Patch level, on the test patches: precision, recall, F-score at the model's threshold
+(chosen on validation patches), AUC (scikit-learn), confusion matrix.  Several trained
+models of one experiment (different seeds) give mean +- SD, printed in Table 2's layout.
+
+Lesion level, on whole volumes: candidates (local maxima of the parsed probability map)
+against annotated lesions.  A candidate hits a lesion box when it lies inside the box, and
+a lesion point when it lies within `hit_radius_mm` of it; FROC from metrics.froc.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_curve, precision_score, recall_score, \
+    roc_auc_score
+
+from ...prediction import LesionBox, LesionPoint
+
+SUMMARY_KEYS = ("precision", "recall", "f", "auc")
+
+
+def fmax_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold that maximises the F-score (scikit-learn's PR curve)."""
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    p, r, t = precision_recall_curve(labels, scores)
+    f = 2 * p[:-1] * r[:-1] / np.clip(p[:-1] + r[:-1], 1e-12, None)
+    return float(t[int(np.argmax(f))])
+
+
+def patch_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    labels = np.asarray(labels).astype(int)
+    pred = (np.asarray(scores) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
+    both = len(np.unique(labels)) == 2
+    return {
+        "precision": float(precision_score(labels, pred, zero_division=0)),
+        "recall": float(recall_score(labels, pred, zero_division=0)),
+        "f": float(f1_score(labels, pred, zero_division=0)),
+        "auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
+        "threshold": float(threshold),
+        "confusion_matrix": {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)},
+        "patches": {"lesion": int(labels.sum()), "non_lesion": int((1 - labels).sum())},
+    }
+
+
+# --- lesion level --------------------------------------------------------------------------------
+
+def hits(candidate: LesionPoint, lesion, hit_radius_mm: float) -> bool:
+    p = np.asarray(candidate.position)
+    if isinstance(lesion, LesionBox):
+        axes = np.asarray(lesion.axes).reshape(3, 3)
+        local = (p - np.asarray(lesion.center)) @ axes  # coordinates along the box's axes
+        return bool(np.all(np.abs(local) <= np.asarray(lesion.size) / 2 + 1e-9))
+    return bool(np.linalg.norm(p - np.asarray(lesion.position)) <= hit_radius_mm)
+
+
+def match_candidates(candidates: list[LesionPoint], lesions: list, hit_radius_mm: float
+                     ) -> tuple[list[float], list[float | None]]:
+    """(scores of candidates hitting no lesion, per lesion the best score hitting it or None)."""
+    fp_scores, best = [], [None] * len(lesions)
+    for c in candidates:
+        hit_any = False
+        for k, lesion in enumerate(lesions):
+            if hits(c, lesion, hit_radius_mm):
+                hit_any = True
+                best[k] = c.score if best[k] is None else max(best[k], c.score)
+        if not hit_any:
+            fp_scores.append(c.score)
+    return fp_scores, best
+
+
+# --- several runs, Table 2 ------------------------------------------------------------------------
+
+def combine_runs(runs: list[dict]) -> dict:
+    """Group runs by experiment; mean and SD (ddof=1) of each summary metric."""
+    rows: dict[str, dict] = {}
+    for run in runs:
+        rows.setdefault(run.get("experiment", "model"), []).append(run)
+    table = {}
+    for name, group in rows.items():
+        row = {"runs": len(group), "seeds": [r.get("seed") for r in group]}
+        for key in (*SUMMARY_KEYS, "froc_mean"):
+            values = np.array([r[key] for r in group if r.get(key) is not None], float)
+            if len(values):
+                row[key] = float(values.mean())
+                row[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["confusion_matrix"] = {k: int(sum(r["confusion_matrix"][k] for r in group))
+                                   for k in ("tp", "fp", "tn", "fn")}
+        table[name] = row
+    return {"rows": table, "runs": runs}
+
+
+def table2(metrics: dict) -> str:
+    """The paper's Table 2 layout (one row per experiment; +- SD over seeds when several)."""
+    rows = metrics["rows"] if "rows" in metrics else {metrics.get("experiment", "model"): metrics}
+    out = [f"{'':8s} {'Precision':>15s} {'Recall':>15s} {'F-Score':>15s} {'AUC':>15s}"]
+    for name, row in rows.items():
+        cells = []
+        for key in SUMMARY_KEYS:
+            sd = row.get(f"{key}_sd")
+            cells.append(f"{row[key]:.2f} ± {sd:.3f}" if sd is not None else f"{row[key]:.3f}")
+        out.append(f"{name:8s} " + " ".join(f"{c:>15s}" for c in cells))
+    out.append("")
+    out.append("Confusion matrices (summed over runs):  TP  FP  TN  FN")
+    for name, row in rows.items():
+        cm = row["confusion_matrix"]
+        out.append(f"  {name:8s} {cm['tp']:6d} {cm['fp']:4d} {cm['tn']:4d} {cm['fn']:4d}")
+    froc_rows = [(n, r) for n, r in rows.items() if r.get("froc_mean") is not None]
+    if froc_rows:
+        out.append("")
+        out.append("Lesion level (FROC, sensitivity at FP per volume):")
+        for name, row in froc_rows:
+            if "froc" in row:
+                cells = "  ".join(f"{k}: {v:.2f}" for k, v in row["froc"].items())
+                out.append(f"  {name:8s} {cells}  mean {row['froc_mean']:.3f}  "
+                           f"({row['lesions']} lesions, {row['volumes']} volumes)")
+            else:
+                out.append(f"  {name:8s} mean {row['froc_mean']:.3f} ± {row.get('froc_mean_sd', 0):.3f}")
+    return "\n".join(out)

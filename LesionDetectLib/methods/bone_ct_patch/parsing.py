@@ -1,0 +1,175 @@
+"""Volume parsing: the lesion probability of the 15 mm patch at every bone voxel.
+
+The paper classifies one patch per bone voxel (12 h for a 512 x 512 x 100 CT here).  This
+module computes the same map densely, slice by slice:
+
+1. Output grid.  Per axial slice, grid nodes every S patch pixels (S = `parse_stride`,
+   16 -> 3.75 mm for the 64 px / 15 mm paper model), anchored at pixel (0, 0).  Only nodes
+   next to a bone voxel are needed (the four that surround it).
+2. Regions.  Per band of `parse_tile` node rows, each run of needed node columns is one
+   rectangle; the slice under its patches is resampled once with `grid_sample` onto the
+   patch pixel grid (the exact sample points the per-patch extraction uses) and the network
+   runs on it as a fully convolutional net (network.DenseNet).  Nodes away from bone cost
+   nothing; a region's cost is its area plus one patch of overhang (measured on the
+   benchmark's pelvis slice: band 8 at stride 16 computes about 1/120 of the per-patch FLOPs).
+3. Map.  Node probabilities are interpolated bilinearly to every bone voxel; outside the
+   bone mask the map is 0.  The map has the CT's geometry.
+
+Memory is bounded by one slice plus one band region (the volume itself and the float32
+map aside).  Differences from patch-by-patch evaluation have two sources, both measured by
+`lesiondetect bench bone-ct-parse` (max |dp|) and tested: the zero padding VGG applies at a
+patch's border is replaced, inside a tile, by the real neighbouring image; and between grid
+nodes the map is interpolated, not evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ...geometry import Geometry
+from ...prediction import LesionPoint
+from ...progress import progress
+from .network import DenseNet, PatchNet, dense_flops
+from .patches import extract_patches, pixel_step, sample_slice
+
+
+@dataclass
+class ParseSettings:
+    patch_mm: float = 15.0
+    patch_pixels: int = 64
+    stride: int = 16  # patch pixels between grid nodes
+    tile: int = 8  # node rows per band (regions are runs of needed nodes within a band)
+    margin: int = 0  # extra patch pixels of context around a region (multiple of stride)
+
+    @classmethod
+    def of(cls, config: dict, **override) -> "ParseSettings":
+        s = cls(patch_mm=float(config["patch_mm"]), patch_pixels=int(config["patch_pixels"]),
+                stride=int(config["parse_stride"]), tile=int(config["parse_tile"]),
+                margin=int(config["parse_margin"]))
+        for k, v in override.items():
+            setattr(s, k, type(getattr(s, k))(v))
+        if s.margin % s.stride:
+            raise ValueError(f"parse_margin ({s.margin}) must be a multiple of parse_stride ({s.stride})")
+        return s
+
+
+def node_spacing(spacing_xyz, settings: ParseSettings) -> tuple[float, float]:
+    """Grid node spacing (gx, gy) in image pixels."""
+    sx, sy = pixel_step(spacing_xyz, settings.patch_mm, settings.patch_pixels)
+    return settings.stride * sx, settings.stride * sy
+
+
+def needed_nodes(bone_slice: np.ndarray, gx: float, gy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(need (na, nb) bool, bone ys, bone xs): the nodes surrounding every bone pixel."""
+    h, w = bone_slice.shape
+    na, nb = int((h - 1) // gy) + 2, int((w - 1) // gx) + 2
+    ys, xs = np.nonzero(bone_slice)
+    need = np.zeros((na, nb), bool)
+    ca, cb = (ys / gy).astype(int), (xs / gx).astype(int)
+    for da in (0, 1):
+        for db in (0, 1):
+            need[ca + da, cb + db] = True
+    return need, ys, xs
+
+
+class DenseParser:
+    """Dense evaluation of a trained PatchNet over bone masks (see the module docstring)."""
+
+    def __init__(self, model: PatchNet, settings: ParseSettings, device: torch.device):
+        self.settings, self.device = settings, device
+        self.net = DenseNet(model, settings.stride, settings.patch_pixels).to(device).eval()
+        self.flops = 0.0  # executed by the dense network so far (for benchmarks)
+
+    def regions(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Rectangles of nodes (a0, a1, b0, b1), inclusive, covering every needed node: per
+        band of `tile` node rows, each run of needed columns (runs closer than P/S - 1 nodes
+        merged, since a separate region repeats a window's overhang), rows shrunk to the run."""
+        s = self.settings
+        merge_gap = max(1, s.patch_pixels // s.stride - 1)
+        out = []
+        for a0 in range(0, need.shape[0], s.tile):
+            band = need[a0:a0 + s.tile]
+            cols = np.nonzero(band.any(axis=0))[0]
+            if len(cols) == 0:
+                continue
+            breaks = np.nonzero(np.diff(cols) > merge_gap)[0]
+            for c0, c1 in zip(np.r_[cols[0], cols[breaks + 1]], np.r_[cols[breaks], cols[-1]]):
+                rows = np.nonzero(band[:, c0:c1 + 1].any(axis=1))[0]
+                out.append((a0 + int(rows[0]), a0 + int(rows[-1]), int(c0), int(c1)))
+        return out
+
+    @torch.no_grad()
+    def slice_nodes(self, slice_hu: np.ndarray, need: np.ndarray, steps: tuple[float, float]) -> np.ndarray:
+        """Logits at the needed nodes of one slice (NaN where not computed), (na, nb)."""
+        s = self.settings
+        S, M, P = s.stride, s.margin, s.patch_pixels
+        out = np.full(need.shape, np.nan, np.float32)
+        gx, gy = S * steps[0], S * steps[1]
+        src = torch.from_numpy(np.ascontiguousarray(slice_hu, dtype=np.float32)).to(self.device)
+        crop = M // S
+        for a0, a1, b0, b1 in self.regions(need):
+            h, w = (a1 - a0) * S + P + 2 * M, (b1 - b0) * S + P + 2 * M
+            # patch-pixel sample points: node (a, b)'s window starts M + (a - a0) * S samples in
+            ys = a0 * gy + (torch.arange(h, dtype=torch.float64) - M - (P - 1) / 2.0) * steps[1]
+            xs = b0 * gx + (torch.arange(w, dtype=torch.float64) - M - (P - 1) / 2.0) * steps[0]
+            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+            grid = torch.stack([xx, yy], dim=-1).to(torch.float32).to(self.device)
+            logits = self.net(sample_slice(src, grid[None])[:, None])[0]
+            out[a0:a1 + 1, b0:b1 + 1] = logits[crop:crop + a1 - a0 + 1, crop:crop + b1 - b0 + 1].float().cpu().numpy()
+            self.flops += dense_flops(self.net, h, w)
+        return out
+
+    def parse_slice(self, slice_hu: np.ndarray, bone_slice: np.ndarray, spacing_xyz) -> np.ndarray:
+        """Probability (H, W) float32 at every bone pixel of one slice, 0 elsewhere."""
+        steps = pixel_step(spacing_xyz, self.settings.patch_mm, self.settings.patch_pixels)
+        gx, gy = node_spacing(spacing_xyz, self.settings)
+        prob = np.zeros(bone_slice.shape, np.float32)
+        if not bone_slice.any():
+            return prob
+        need, ys, xs = needed_nodes(bone_slice, gx, gy)
+        nodes = 1.0 / (1.0 + np.exp(-self.slice_nodes(slice_hu, need, steps)))
+        prob[ys, xs] = ndimage.map_coordinates(np.nan_to_num(nodes, nan=0.0), [ys / gy, xs / gx], order=1,
+                                               mode="nearest")
+        return prob
+
+    def parse_volume(self, hu: np.ndarray, bone: np.ndarray, spacing_xyz, desc: str = "volume parsing"
+                     ) -> np.ndarray:
+        """Probability map (z, y, x) float32 of a whole CT, streamed slice by slice."""
+        prob = np.zeros(hu.shape, np.float32)
+        for z in progress(range(hu.shape[0]), desc=desc, unit="slice"):
+            prob[z] = self.parse_slice(hu[z], bone[z], spacing_xyz)
+        return prob
+
+
+@torch.no_grad()
+def per_patch_probabilities(model: PatchNet, hu: np.ndarray, spacing_xyz, centres_zyx: np.ndarray,
+                            patch_mm: float, patch_pixels: int, device: torch.device, batch: int = 256
+                            ) -> np.ndarray:
+    """The paper's volume parsing at given voxel positions: extract each patch, classify it."""
+    out = np.empty(len(centres_zyx), np.float32)
+    model = model.eval()
+    for start in range(0, len(centres_zyx), batch):
+        patches = extract_patches(hu, spacing_xyz, centres_zyx[start:start + batch], patch_mm, patch_pixels)
+        out[start:start + batch] = torch.sigmoid(model(patches.to(device))).float().cpu().numpy()
+    return out
+
+
+def find_candidates(prob: np.ndarray, geometry: Geometry, min_score: float, radius_mm: float,
+                    max_candidates: int) -> list[LesionPoint]:
+    """Lesion candidates: local maxima of the map (within `radius_mm`) scoring >= min_score,
+    one per plateau, highest first, at most `max_candidates`."""
+    sx, sy, sz = geometry.spacing
+    size = [2 * max(1, int(round(radius_mm / s))) + 1 for s in (sz, sy, sx)]
+    peaks = (prob >= min_score) & (prob > 0) & (prob == ndimage.maximum_filter(prob, size=size, mode="constant"))
+    labels, n = ndimage.label(peaks)
+    if n == 0:
+        return []
+    positions = np.array(ndimage.maximum_position(prob, labels, range(1, n + 1)), dtype=float).reshape(-1, 3)
+    scores = prob[tuple(positions.astype(int).T)]
+    order = np.argsort(-scores, kind="stable")[:max_candidates]
+    lps = geometry.index_to_lps(positions[order][:, ::-1])
+    return [LesionPoint(position=p, score=float(s)) for p, s in zip(lps, scores[order])]

@@ -1,0 +1,210 @@
+"""Patches for the bone-lesion classifier: bone mask, lesion centres, sampling, extraction.
+
+A patch is a square of `patch_mm` (15 mm) along the image's two in-plane index axes (i, j)
+of one axial slice, sampled at `patch_pixels` x `patch_pixels` (64 x 64) cell centres by
+bilinear interpolation (torch `grid_sample`), so its pixel size follows the spacing.  The
+patch holds Hounsfield units; the HU -> channel encodings (grey / 3-channel) are the first
+layer of the network (network.HUEncoder), so extraction is the same for every model and the
+dense parser can encode a resampled slice region exactly as a patch.
+
+Outside the image the CT is taken as air (-1000 HU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ...geometry import Geometry
+
+AIR_HU = -1000.0
+
+
+# --- bone mask ---------------------------------------------------------------------------------
+
+def bone_mask_from_hu(hu: np.ndarray, spacing_xyz, threshold_hu: float = 200.0, closing_mm: float = 3.0,
+                      min_component_mm3: float = 50.0) -> np.ndarray:
+    """A bone mask for a CT without one (uint8, zyx).
+
+    Voxels >= `threshold_hu` (cortex and trabecular bone), closed with a ball of `closing_mm`
+    (bridges cortical gaps, e.g. where a lytic lesion breaks the cortex), holes filled slice
+    by slice (marrow and lytic lesions inside a cortical ring are below the threshold but
+    belong to the bone), components smaller than `min_component_mm3` dropped (calcified
+    vessels, contrast specks, noise).
+    """
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    mask = hu >= threshold_hu
+    radius = [max(0, int(round(closing_mm / s))) for s in (sz, sy, sx)]
+    if any(radius):
+        zz, yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1, -radius[2]:radius[2] + 1]
+        ball = ((zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2) <= closing_mm ** 2
+        pad = [(r, r) for r in radius]  # closing must not erode at the volume border
+        mask = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[
+            tuple(slice(r, r + n) for r, n in zip(radius, hu.shape))]
+    for z in range(mask.shape[0]):
+        mask[z] = ndimage.binary_fill_holes(mask[z])
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())[1:] * (sx * sy * sz)
+        keep = np.concatenate([[False], sizes >= min_component_mm3])
+        mask = keep[labels]
+    return mask.astype(np.uint8)
+
+
+def hu_array(image: sitk.Image) -> np.ndarray:
+    """The CT as float32 HU, (z, y, x)."""
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+
+
+# --- patch geometry ----------------------------------------------------------------------------
+
+def pixel_step(spacing_xyz, patch_mm: float, patch_pixels: int) -> tuple[float, float]:
+    """(step_x, step_y): patch pixel size in image pixels along i and j."""
+    cell_mm = patch_mm / patch_pixels
+    return cell_mm / float(spacing_xyz[0]), cell_mm / float(spacing_xyz[1])
+
+
+def patch_offsets(patch_pixels: int) -> np.ndarray:
+    """Cell-centre offsets of a patch in patch pixels: (k - (P - 1) / 2), k = 0..P-1."""
+    return np.arange(patch_pixels, dtype=np.float64) - (patch_pixels - 1) / 2.0
+
+
+def to_normalized(coord: torch.Tensor, length: int) -> torch.Tensor:
+    """Pixel coordinate (pixel centres at integers) -> grid_sample's [-1, 1] (align_corners=False)."""
+    return (2.0 * coord + 1.0) / length - 1.0
+
+
+def sample_slice(slice_hu: torch.Tensor, grid_xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear HU samples of one slice (H, W) at pixel coordinates grid_xy (..., Hp, Wp, 2) (x, y).
+
+    Returns (..., Hp, Wp).  Outside the slice the value is air."""
+    h, w = slice_hu.shape
+    lead = grid_xy.shape[:-3]
+    g = grid_xy.reshape(-1, *grid_xy.shape[-3:])
+    norm = torch.stack([to_normalized(g[..., 0], w), to_normalized(g[..., 1], h)], dim=-1).to(slice_hu.dtype)
+    src = (slice_hu - AIR_HU)[None, None].expand(g.shape[0], 1, h, w)
+    out = F.grid_sample(src, norm, mode="bilinear", padding_mode="zeros", align_corners=False) + AIR_HU
+    return out[:, 0].reshape(*lead, *grid_xy.shape[-3:-1])
+
+
+def patch_grids(centres_xy: np.ndarray, steps: tuple[float, float], patch_pixels: int,
+                angles: np.ndarray | None = None, mirror: np.ndarray | None = None) -> torch.Tensor:
+    """Sampling grids (N, P, P, 2) in slice pixel coordinates for patches centred at
+    `centres_xy` (N, 2), optionally rotated by `angles` (radians, in the physical plane) and
+    mirrored left-right.  Row r of a patch runs along j, column c along i."""
+    n = len(centres_xy)
+    off = patch_offsets(patch_pixels)
+    u = np.broadcast_to(off[None, :], (patch_pixels, patch_pixels))  # along i (columns)
+    v = np.broadcast_to(off[:, None], (patch_pixels, patch_pixels))  # along j (rows)
+    u = np.broadcast_to(u, (n, patch_pixels, patch_pixels)).copy()
+    v = np.broadcast_to(v, (n, patch_pixels, patch_pixels)).copy()
+    if mirror is not None:
+        u[np.asarray(mirror, bool)] *= -1
+    if angles is not None:
+        c, s = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
+        u, v = c * u - s * v, s * u + c * v
+    x = centres_xy[:, 0, None, None] + u * steps[0]
+    y = centres_xy[:, 1, None, None] + v * steps[1]
+    return torch.from_numpy(np.stack([x, y], axis=-1).astype(np.float32))
+
+
+def extract_patches(hu: np.ndarray, spacing_xyz, centres_zyx: np.ndarray, patch_mm: float, patch_pixels: int,
+                    angles: np.ndarray | None = None, mirror: np.ndarray | None = None,
+                    batch: int = 4096) -> torch.Tensor:
+    """HU patches (N, 1, P, P) at continuous voxel positions (z, y, x); z is rounded to the
+    nearest slice (patches are axial).  Batched `grid_sample`, one call per slice."""
+    centres_zyx = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
+    out = torch.empty((len(centres_zyx), 1, patch_pixels, patch_pixels), dtype=torch.float32)
+    steps = pixel_step(spacing_xyz, patch_mm, patch_pixels)
+    z_index = np.clip(np.rint(centres_zyx[:, 0]).astype(int), 0, hu.shape[0] - 1)
+    for z in np.unique(z_index):
+        rows = np.nonzero(z_index == z)[0]
+        slice_hu = torch.from_numpy(np.ascontiguousarray(hu[z], dtype=np.float32))
+        for start in range(0, len(rows), batch):
+            sel = rows[start:start + batch]
+            grids = patch_grids(centres_zyx[sel][:, [2, 1]], steps, patch_pixels,
+                                None if angles is None else angles[sel], None if mirror is None else mirror[sel])
+            out[sel, 0] = sample_slice(slice_hu, grids)
+    return out
+
+
+# --- lesion centres and training positions -------------------------------------------------------
+
+def lesion_centres_lps(case) -> np.ndarray:
+    """Annotated lesion centres (N, 3) LPS: the case's points, else its boxes' centres, else
+    the centroids of its lesion mask's connected components."""
+    from ... import markups
+    from ...dataset import read_mask
+    from ...io import read_image
+
+    if case.points is not None:
+        return np.array([p.position for p in markups.read_points(case.points)], dtype=float).reshape(-1, 3)
+    if case.boxes is not None:
+        return np.array([b.center for b in markups.read_boxes(case.boxes)], dtype=float).reshape(-1, 3)
+    if case.mask is not None:
+        geometry = Geometry.of(read_image(case.image))
+        mask = read_mask(case.mask, geometry)
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return np.zeros((0, 3))
+        zyx = np.array(ndimage.center_of_mass(mask, labels, range(1, n + 1)), dtype=float).reshape(-1, 3)
+        return geometry.index_to_lps(zyx[:, ::-1])
+    return np.zeros((0, 3))
+
+
+def training_positions(bone: np.ndarray, lesions_zyx: np.ndarray, spacing_xyz, rng: np.random.Generator,
+                       augment: int, negatives_per_positive: float, patch_mm: float, exclusion_z_mm: float
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(centres zyx, labels, angles, mirror) for one volume, as the paper samples them.
+
+    Positives: `augment` patches per lesion centre, each rotated by a random angle and
+    mirrored with probability 1/2 (the first one is the unaugmented patch).  Negatives:
+    random bone-mask voxels, as many as `negatives_per_positive` x positives, whose 15 mm
+    square does not overlap any positive square in-plane on slices within `exclusion_z_mm`
+    of the lesion centre; not augmented.
+    """
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    n_les = len(lesions_zyx)
+    pos = np.repeat(np.asarray(lesions_zyx, float).reshape(-1, 3), augment, axis=0)
+    angles = rng.uniform(0, 2 * math.pi, len(pos))
+    mirror = rng.random(len(pos)) < 0.5
+    angles[::augment] = 0.0
+    mirror[::augment] = False
+    n_neg = int(round(negatives_per_positive * max(len(pos), 1)))
+    candidates = np.argwhere(bone > 0).astype(float)
+    if n_les and len(candidates):
+        les = np.asarray(lesions_zyx, float)
+        # squares of side patch_mm overlap iff both in-plane offsets are below patch_mm
+        # (a rotated positive square fits in the circle of radius patch_mm / sqrt(2) around it;
+        # the axis-aligned test with side patch_mm * sqrt(2) is the safe superset)
+        reach = patch_mm * math.sqrt(2)
+        bad = np.zeros(len(candidates), bool)
+        for c in les:
+            bad |= ((np.abs(candidates[:, 0] - c[0]) * sz < exclusion_z_mm)
+                    & (np.abs(candidates[:, 1] - c[1]) * sy < reach)
+                    & (np.abs(candidates[:, 2] - c[2]) * sx < reach))
+        candidates = candidates[~bad]
+    take = rng.choice(len(candidates), size=min(n_neg, len(candidates)), replace=False) if len(candidates) else []
+    neg = candidates[take].reshape(-1, 3)
+    centres = np.concatenate([pos, neg])
+    labels = np.concatenate([np.ones(len(pos), np.float32), np.zeros(len(neg), np.float32)])
+    return (centres, labels, np.concatenate([angles, np.zeros(len(neg))]),
+            np.concatenate([mirror, np.zeros(len(neg), bool)]))
+
+
+class PatchSet(torch.utils.data.Dataset):
+    """Fixed HU patches (N, 1, P, P) with labels (N,) and where each came from."""
+
+    def __init__(self, patches: torch.Tensor, labels: torch.Tensor, case_ids: list[str]):
+        self.patches, self.labels, self.case_ids = patches, labels, case_ids
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.patches[i], self.labels[i]

@@ -1,0 +1,403 @@
+"""Method 000 `bone-ct-patch`: patches, encodings, bone mask, network, dense parsing, metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LesionDetectLib import markups
+from LesionDetectLib.dataset import write_dataset_json
+from LesionDetectLib.errors import LesionDetectError
+from LesionDetectLib.geometry import Geometry
+from LesionDetectLib.methods import get_method
+from LesionDetectLib.methods.bone_ct_patch import evaluation, network, parsing, patches
+from LesionDetectLib.prediction import LesionBox, LesionPoint, read_prediction
+from LesionDetectLib.training import merge_config, read_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "Resources" / "configs" / "bone-ct-patch"
+# a width-reduced network so that tests run in seconds (ImageNet weights need width 1)
+TINY = {"width": 0.0625, "patch_pixels": 32, "fc_hidden": [16, 16], "augment": 2, "batch_size": 16,
+        "parse_tile": 4, "epochs": 1, "lr": 0.01}
+OBLIQUE = (0.9961947, -0.0871557, 0.0, 0.0871557, 0.9961947, 0.0, 0.0, 0.0, 1.0)  # 5 degrees about z
+
+
+def config(**extra) -> dict:
+    return merge_config(get_method("bone-ct-patch").defaults, TINY, extra)
+
+
+# --- encodings and patches ----------------------------------------------------------------------------
+
+def _unnormalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(network.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(network.IMAGENET_STD).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+def test_three_channel_encoding_splits_hu_ranges():
+    cfg = config(encoding="3c")
+    enc = network.HUEncoder("3c", cfg["grey_window"], cfg["windows_3c"])
+    hu = torch.tensor([-1000.0, 50.0, 250.0, 1000.0, 3000.0]).view(1, 1, 1, 5)
+    low, high, soft = _unnormalise(enc(hu))[0, :, 0]
+    np.testing.assert_allclose(low, [0, 1050 / 1100, 1, 1, 1], atol=1e-6)  # < 100 HU
+    np.testing.assert_allclose(high, [0, 0, 0, 600 / 1600, 1], atol=1e-6)  # > 400 HU
+    np.testing.assert_allclose(soft, [0, 0, 0.5, 1, 1], atol=1e-6)  # 100..400 HU
+    grey = _unnormalise(network.HUEncoder("grey", [-500, 1500], cfg["windows_3c"])(hu))[0, :, 0]
+    np.testing.assert_allclose(grey[0], [0, 0.275, 0.375, 0.75, 1], atol=1e-6)
+    np.testing.assert_allclose(grey[1:], grey[:1].expand(2, -1), atol=1e-6)  # same patch in every channel
+    with pytest.raises(LesionDetectError, match="unknown encoding"):
+        network.HUEncoder("rgb", [0, 1], cfg["windows_3c"])
+
+
+def test_patches_are_15_mm_whatever_the_spacing_and_rotate_in_mm():
+    # HU = physical x (mm) + 10 * physical y: bilinear sampling reproduces a linear ramp exactly
+    spacing = (0.7, 1.3, 2.5)
+    zz, yy, xx = np.mgrid[0:3, 0:40, 0:50].astype(np.float32)
+    hu = xx * spacing[0] + 10 * yy * spacing[1]
+    centre = np.array([[1.0, 20.3, 24.6]])
+    p = patches.extract_patches(hu, spacing, centre, 15.0, 64)[0, 0].numpy()
+    offsets = patches.patch_offsets(64) * 15.0 / 64  # mm from the centre
+    cx, cy = centre[0, 2] * spacing[0], centre[0, 1] * spacing[1]
+    expected = (cx + offsets[None, :]) + 10 * (cy + offsets[:, None])
+    np.testing.assert_allclose(p, expected, atol=1e-2)
+    assert p[0, -1] - p[0, 0] == pytest.approx(15.0 * 63 / 64, abs=1e-2)  # 15 mm wide
+    # rotated by 90 degrees: columns now run along +y; mirrored: along -x
+    rot = patches.extract_patches(hu, spacing, centre, 15.0, 64, angles=np.array([np.pi / 2]))[0, 0].numpy()
+    np.testing.assert_allclose(rot, (cx - offsets[:, None]) + 10 * (cy + offsets[None, :]), atol=1e-2)
+    mir = patches.extract_patches(hu, spacing, centre, 15.0, 64, mirror=np.array([True]))[0, 0].numpy()
+    np.testing.assert_allclose(mir, (cx - offsets[None, :]) + 10 * (cy + offsets[:, None]), atol=1e-2)
+    # outside the image: air
+    far = patches.extract_patches(hu, spacing, np.array([[0.0, -100.0, -100.0]]), 15.0, 32)
+    assert torch.all(far == patches.AIR_HU)
+
+
+def test_training_positions_follow_the_paper():
+    rng = np.random.default_rng(0)
+    bone = np.zeros((10, 60, 60), np.uint8)
+    bone[:, 10:50, 10:50] = 1
+    lesions = np.array([[5.0, 30.0, 30.0]])
+    centres, labels, angles, mirror = patches.training_positions(bone, lesions, (1.0, 1.0, 2.0), rng, augment=5,
+                                                                 negatives_per_positive=1.0, patch_mm=15.0,
+                                                                 exclusion_z_mm=7.5)
+    pos, neg = centres[labels == 1], centres[labels == 0]
+    assert len(pos) == 5 and len(neg) == 5
+    assert np.all(pos == lesions) and angles[0] == 0 and not mirror[0] and np.any(angles[1:] != 0)
+    assert np.all(angles[labels == 0] == 0) and not mirror[labels == 0].any()  # negatives not augmented
+    assert all(bone[tuple(c.astype(int))] for c in neg)
+    near = (np.abs(neg[:, 0] - 5) * 2.0 < 7.5) & (np.abs(neg[:, 1] - 30) < 15 * 2 ** .5) & \
+           (np.abs(neg[:, 2] - 30) < 15 * 2 ** .5)
+    assert not near.any()
+
+
+def test_bone_mask_from_hu_fills_marrow_and_lytic_holes():
+    hu = np.full((4, 60, 60), 40.0, np.float32)
+    yy, xx = np.mgrid[0:60, 0:60]
+    r = np.hypot(yy - 30, xx - 30)
+    hu[:, r < 15] = 800.0  # cortex
+    hu[:, r < 12] = 150.0  # marrow (below the threshold)
+    hu[:, (np.hypot(yy - 30, xx - 22) < 4)] = 30.0  # lytic lesion inside
+    hu[:, 2, 2] = 900.0  # a speck: dropped
+    mask = patches.bone_mask_from_hu(hu, (1.0, 1.0, 1.0))
+    assert mask[:, 30, 30].all() and mask[:, 30, 22].all() and not mask[:, 2, 2].any()
+    assert not mask[:, 30, 50].any()
+    assert mask.sum() == pytest.approx(4 * np.pi * 15 ** 2, rel=0.05)
+
+
+# --- network --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vgg16_home(tmp_path_factory):
+    """A stand-in for torchvision's ImageNet file: vgg16().state_dict() under a temp TORCH_HOME."""
+    import torchvision
+
+    home = tmp_path_factory.mktemp("torch_home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(1)
+    state = torchvision.models.vgg16().state_dict()
+    torch.save(state, home / "hub" / "checkpoints" / network.VGG16_FILE)
+    return home, {k: v for k, v in state.items() if k.startswith("features.")}
+
+
+def test_transfer_learning_loads_local_imagenet_weights_and_freezes_six_layers(vgg16_home, monkeypatch):
+    home, features = vgg16_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    model = get_method("bone-ct-patch").build_model(config(width=1.0, patch_pixels=64, fc_hidden=[256, 256]), pretrained=True)
+    for key, value in model.features.state_dict().items():
+        assert torch.equal(value, features[f"features.{key}"])
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.weight.requires_grad for c in convs] == [False] * 6 + [True] * 7
+    assert all(p.requires_grad for p in model.head.parameters())
+    # three new FC layers, one output
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 256), (256, 256), (256, 1)]
+    # --weights PATH works too; a missing file says where to put it
+    explicit = get_method("bone-ct-patch").build_model(
+        config(width=1.0, patch_pixels=64, weights=str(home / "hub" / "checkpoints" / network.VGG16_FILE)), True)
+    assert torch.equal(explicit.features[0].weight, features["features.0.weight"])
+    monkeypatch.setenv("TORCH_HOME", str(home / "nowhere"))
+    with pytest.raises(LesionDetectError, match=r"vgg16-397923af\.pth.*hub/checkpoints"):
+        get_method("bone-ct-patch").build_model(config(width=1.0), pretrained=True)
+
+
+def test_imagenet_weights_need_the_full_width(vgg16_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(vgg16_home[0]))
+    with pytest.raises(LesionDetectError, match="not torchvision VGG-16 weights matching"):
+        get_method("bone-ct-patch").build_model(config(), pretrained=True)
+
+
+def test_random_initialisation_trains_every_layer():
+    model = get_method("bone-ct-patch").build_model(config(), pretrained=False)
+    assert all(p.requires_grad for p in model.parameters())
+    out = model(torch.zeros(3, 1, 32, 32))
+    assert out.shape == (3,)
+
+
+@pytest.mark.parametrize("stride", [32, 16, 8, 4])
+def test_dense_network_reproduces_the_patch_network_on_one_patch(stride):
+    torch.manual_seed(0)
+    model = network.PatchNet(config(patch_pixels=64)).eval()
+    hu = torch.randn(2, 1, 64, 64) * 400
+    dense = network.DenseNet(model, stride, 64).eval()
+    with torch.no_grad():
+        assert dense(hu).shape == (2, 1, 1)
+        np.testing.assert_allclose(dense(hu)[:, 0, 0], model(hu), atol=1e-5)
+        # on a larger region, output (a, b) is the window starting at (a*S, b*S) - exactly
+        # where nothing reaches the zero padding, here checked against the network's values
+        big = torch.randn(1, 1, 64 + 2 * stride, 64 + stride) * 400
+        out = dense(big)
+    assert out.shape == (1, 3, 2)
+
+
+# --- dense parsing -----------------------------------------------------------------------------------------
+
+def _noise_slice(seed=0, shape=(70, 80)):
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    return (ndimage.gaussian_filter(rng.normal(0, 1, shape), 2) * 2000 + 200).astype(np.float32)
+
+
+def test_dense_parsing_equals_patch_by_patch_for_isolated_nodes_and_stays_close_otherwise():
+    torch.manual_seed(0)
+    model = network.PatchNet(config(patch_pixels=64)).eval()
+    hu = _noise_slice()
+    spacing = (0.8, 0.9, 2.0)
+    steps = patches.pixel_step(spacing, 15.0, 64)
+    parser = parsing.DenseParser(model, parsing.ParseSettings.of(config(patch_pixels=64), tile=1),
+                                 torch.device("cpu"))
+    gx, gy = parsing.node_spacing(spacing, parser.settings)
+    need = np.zeros((int(69 // gy) + 2, int(79 // gx) + 2), bool)
+    need[1, 1] = need[1, 6] = need[5, 3] = True  # far apart: each its own region
+    nodes = parser.slice_nodes(hu, need, steps)
+    a, b = np.nonzero(need)
+    ref = parsing.per_patch_probabilities(model, hu[None], spacing, np.stack([0 * a, a * gy, b * gx], 1).astype(float),
+                                          15.0, 64, torch.device("cpu"))
+    np.testing.assert_allclose(1 / (1 + np.exp(-nodes[a, b])), ref, atol=1e-5)
+    assert np.isnan(nodes[~need]).all()
+    # every node at once (one region): zero padding at patch borders becomes real image
+    need[:] = True
+    nodes = parser.slice_nodes(hu, need, steps)
+    a, b = np.nonzero(need)
+    ref = parsing.per_patch_probabilities(model, hu[None], spacing, np.stack([0 * a, a * gy, b * gx], 1).astype(float),
+                                          15.0, 64, torch.device("cpu"))
+    assert np.abs(1 / (1 + np.exp(-nodes[a, b])) - ref).max() < 0.02
+
+
+def test_parse_volume_maps_bone_only_and_interpolates_nodes():
+    torch.manual_seed(0)
+    cfg = config()
+    model = network.PatchNet(cfg).eval()
+    hu = np.stack([_noise_slice(1), _noise_slice(2)])
+    bone = np.zeros(hu.shape, np.uint8)
+    bone[0, 20:40, 25:50] = 1
+    parser = parsing.DenseParser(model, parsing.ParseSettings.of(cfg), torch.device("cpu"))
+    prob = parser.parse_volume(hu, bone, (1.0, 1.0, 3.0))
+    assert prob.dtype == np.float32 and prob.shape == hu.shape
+    assert (prob[bone == 0] == 0).all() and (prob[bone == 1] > 0).all() and prob[1].max() == 0
+    # between nodes the map is the bilinear interpolation of the node probabilities
+    gx, gy = parsing.node_spacing((1.0, 1.0, 3.0), parser.settings)
+    assert gx == gy == pytest.approx(7.5)  # 15 mm / 32 px * stride 16
+    need, _, _ = parsing.needed_nodes(bone[0], gx, gy)
+    nodes = 1 / (1 + np.exp(-parser.slice_nodes(hu[0], need, patches.pixel_step((1, 1, 3), 15.0, 32))))
+    t = 37 / 7.5 - 4  # voxel (y, x) = (30, 37): node row 4 exactly, between node columns 4 and 5
+    assert prob[0, 30, 37] == pytest.approx((1 - t) * nodes[4, 4] + t * nodes[4, 5], abs=1e-6)
+
+
+def test_candidates_are_local_maxima_with_scores_in_lps():
+    geometry = Geometry(size=(30, 30, 10), spacing=(1.0, 1.0, 2.0), origin=(10.0, -5.0, 3.0), direction=OBLIQUE)
+    prob = np.zeros(geometry.shape, np.float32)
+    prob[4, 10, 12] = 0.9
+    prob[4, 10, 13] = 0.8  # same peak's shoulder: not a candidate
+    prob[6, 25, 25] = 0.6
+    prob[2, 2, 2] = 0.2  # below the threshold
+    found = parsing.find_candidates(prob, geometry, 0.5, 5.0, 10)
+    assert [round(p.score, 3) for p in found] == [0.9, 0.6]
+    np.testing.assert_allclose(found[0].position, geometry.index_to_lps([12, 10, 4]))
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+
+def test_patch_metrics_match_hand_counts():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.6, 0.2, 0.7, 0.1, 0.3, 0.05])
+    m = evaluation.patch_metrics(labels, scores, 0.5)
+    assert m["confusion_matrix"] == {"tp": 2, "fp": 1, "tn": 3, "fn": 1}
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f"] == pytest.approx(2 / 3)
+    # AUC: positive-negative pairs ranked correctly
+    pairs = [(p > n) + 0.5 * (p == n) for p in scores[labels == 1] for n in scores[labels == 0]]
+    assert m["auc"] == pytest.approx(np.mean(pairs))
+    assert evaluation.fmax_threshold(labels, scores) == pytest.approx(0.2)  # F = 0.75 there (P 3/5, R 1)
+
+
+def test_candidates_hit_boxes_and_points():
+    box = LesionBox(center=(0, 0, 0), size=(10, 4, 4), axes=np.eye(3)[:, [1, 0, 2]].ravel())  # long along y
+    assert evaluation.hits(LesionPoint((0, 4.5, 0)), box, 0)
+    assert not evaluation.hits(LesionPoint((4.5, 0, 0)), box, 0)
+    lesion = LesionPoint((10, 10, 10))
+    cands = [LesionPoint((10, 13, 10), 0.4), LesionPoint((10, 11, 10), 0.7), LesionPoint((50, 0, 0), 0.9)]
+    fps, best = evaluation.match_candidates(cands, [lesion, LesionPoint((-50, 0, 0))], hit_radius_mm=5)
+    assert fps == [0.9] and best == [0.7, None]
+
+
+def test_runs_over_seeds_give_mean_and_sd_in_table2_layout():
+    def run(exp, seed, f):
+        return {"experiment": exp, "seed": seed, "precision": f, "recall": f, "f": f, "auc": f,
+                "confusion_matrix": {"tp": 1, "fp": 2, "tn": 3, "fn": 4}}
+
+    combined = evaluation.combine_runs([run("TL", 0, 0.8), run("TL", 1, 0.9), run("3C-TL", 0, 0.95)])
+    assert combined["rows"]["TL"]["f"] == pytest.approx(0.85)
+    assert combined["rows"]["TL"]["f_sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert combined["rows"]["TL"]["confusion_matrix"]["fn"] == 8
+    text = evaluation.table2(combined)
+    assert "Precision" in text and "F-Score" in text and "0.85 ± 0.071" in text and "3C-TL" in text
+
+
+# --- configs, training and the CLI ------------------------------------------------------------------------
+
+def test_four_paper_configs():
+    method = get_method("bone-ct-patch")
+    expected = {"tl": ("TL", "grey", True, 30), "ri": ("RI", "grey", False, 40),
+                "3c-tl": ("3C-TL", "3c", True, 30), "3c-ri": ("3C-RI", "3c", False, 40)}
+    for name, (exp, encoding, pretrained, epochs) in expected.items():
+        cfg = merge_config(method.defaults, read_config(CONFIGS / f"{name}.json"))
+        assert (cfg["experiment"], cfg["encoding"], cfg["pretrained"], cfg["epochs"]) == \
+               (exp, encoding, pretrained, epochs)
+        assert cfg["optimizer"] == "sgd" and cfg["patch_mm"] == 15.0 and cfg["patch_pixels"] == 64
+        assert cfg["split"] == {"train": 0.72, "val": 0.10, "test": 0.18}
+        assert "description" in json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def make_dataset(root: Path, n_cases: int = 3, with_roi: bool = True, seed: int = 0) -> Path:
+    """Tiny CTs: a marrow-filled bone block with dark lytic spheres at the annotated points."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    (root / "roi").mkdir()
+    cases = []
+    for n in range(n_cases):
+        shape = (8, 56, 56)
+        spacing = (1.0, 1.0, 3.0)
+        hu = rng.normal(40, 15, shape).astype(np.float32)
+        hu[:, 8:48, 8:48] = 800  # cortex
+        hu[:, 10:46, 10:46] = 250 + rng.normal(0, 30, (8, 36, 36))  # marrow
+        zz, yy, xx = np.mgrid[0:8, 0:56, 0:56]
+        centres = [(3, 18 + 4 * n, 20), (5, 36, 34 - 3 * n)]
+        for c in centres:
+            hu[((zz - c[0]) * 3) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < 16] = 30
+        image = sitk.GetImageFromArray(hu)
+        image.SetSpacing(spacing)
+        image.SetOrigin((-20.0 + n, 15.0, -100.0))
+        geometry = Geometry.of(image)
+        sitk.WriteImage(image, str(root / "images" / f"c{n}.nrrd"))
+        markups.write_points(root / "points" / f"c{n}.mrk.json",
+                             [LesionPoint(geometry.index_to_lps(np.array(c[::-1], float))) for c in centres])
+        entry = {"id": f"c{n}", "patient": f"p{n}", "image": f"images/c{n}.nrrd", "points": f"points/c{n}.mrk.json"}
+        if with_roi:
+            bone = np.zeros(shape, np.uint8)
+            bone[:, 8:48, 8:48] = 1
+            sitk.WriteImage(geometry.image(bone), str(root / "roi" / f"c{n}.nrrd"))
+            entry["roi"] = f"roi/c{n}.nrrd"
+        cases.append(entry)
+    write_dataset_json(root, "tiny-bone", "CT", cases)
+    return root
+
+
+def test_training_data_is_split_by_patient(tmp_path):
+    method = get_method("bone-ct-patch")
+    ds_path = make_dataset(tmp_path / "ds", n_cases=3)
+    from LesionDetectLib.dataset import load_dataset
+
+    cfg = config()
+    train, val = method.training_data(load_dataset(ds_path), cfg, seed=0)
+    assert train.patches.shape[1:] == (1, 32, 32)
+    assert int(train.labels.sum()) == 2 * 2  # two lesions x augment 2, one patient
+    assert len(set(train.case_ids)) == 1 and val is not None and not set(train.case_ids) & set(val.case_ids)
+    again, _ = method.training_data(load_dataset(ds_path), cfg, seed=0)
+    assert torch.equal(again.patches, train.patches)  # deterministic by seed
+
+
+def test_train_infer_evaluate_end_to_end(tmp_path, run_cli):
+    ds = make_dataset(tmp_path / "ds", n_cases=3)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"description": "test", **TINY, "experiment": "3C-RI"}))
+    model = tmp_path / "model"
+    code, out, err = run_cli("train", "--method", "bone-ct-patch", "--config", str(CONFIGS / "3c-ri.json"),
+                             "--set", f"width={TINY['width']}", "--set", "patch_pixels=32", "--set",
+                             "fc_hidden=[16,16]", "--set", "augment=2", "--set", "parse_tile=4",
+                             "--epochs", "1", "--data", str(ds), "--out", str(model))
+    assert code == 0, err
+    card = json.loads((model / "model.json").read_text())
+    assert card["method"] == "bone-ct-patch" and card["config"]["experiment"] == "3C-RI"
+    assert 0.0 <= card["thresholds"]["patch"] <= 1.0
+
+    # inference on an oblique, anisotropic CT without a bone mask: geometry kept exactly
+    hu = np.full((6, 40, 44), 40.0, np.float32)
+    hu[:, 8:32, 10:36] = 700
+    hu[:, 10:30, 12:34] = 250
+    hu[2:4, 16:22, 18:24] = 30
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.9, 1.1, 2.5))
+    image.SetOrigin((12.5, -30.25, 7.0))
+    image.SetDirection(OBLIQUE)
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    code, out, err = run_cli("infer", "--model", str(model), "--input", str(tmp_path / "ct.nrrd"),
+                             "--out", str(tmp_path / "pred"), "--threshold", "0.0001")
+    assert code == 0, err
+    pred = read_prediction(tmp_path / "pred")
+    assert pred.geometry.same_grid(Geometry.of(sitk.ReadImage(str(tmp_path / "ct.nrrd"))), tol=1e-12)
+    assert pred.probability.shape == hu.shape and pred.probability[:, 0, 0].max() == 0  # bone only
+    assert (pred.probability[:, 20, 20] > 0).all()
+    np.testing.assert_array_equal(pred.mask, pred.probability >= 0.0001)
+    assert pred.points and all(Geometry.of(image).contains(p.position) for p in pred.points)
+
+    # evaluation on every case: patch metrics, Table 2, FROC with its plot
+    code, out, err = run_cli("evaluate", "--model", str(model), "--data", str(ds), "--split", "all",
+                             "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "froc.png"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("precision", "recall", "f", "auc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert set(metrics["froc"]) == {"0.5", "1", "2", "4", "8"} and 0 <= metrics["froc_mean"] <= 1
+    assert metrics["lesions"] == 6 and metrics["volumes"] == 3
+    assert metrics["patches"]["lesion"] == 12
+    assert "Precision" in out and "3C-RI" in out
+    assert (tmp_path / "froc.png").stat().st_size > 1000
+
+
+def test_bone_ct_parse_benchmark_reports_its_keys():
+    from LesionDetectLib.methods.bone_ct_patch.bench import bone_ct_parse, pelvis_slice
+
+    hu, bone = pelvis_slice(size=128, spacing=3.2)
+    assert bone.mean() == pytest.approx(0.08, abs=0.003)
+    r = bone_ct_parse(slices=1, size=128, spacing=3.2, patch_sample=8, config={"width": 0.0625})
+    for key in ("dense_s_per_slice", "per_patch_s_per_slice", "ratio", "max_abs_dp", "peak_rss_mb",
+                "flop_efficiency"):
+        assert r[key] >= 0
+    assert r["max_abs_dp"] < 0.02
