@@ -1,4 +1,4 @@
-"""`lesiondetect evaluate --model M --data DATASET [--json F]`."""
+"""`lesiondetect evaluate --model M [M ...] --data DATASET [--json F] [--plot P]`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a trained model on a dataset",
                        description="Runs the model's method-specific evaluation (the paper's metrics and more) "
                                    "on the dataset's test split, or on every case with --split all.")
-    p.add_argument("--model", required=True, help="model directory (with model.json)")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="model directory (with model.json); several models of one method (e.g. the same "
+                        "experiment trained with different seeds) are combined by the method (mean ± SD)")
     p.add_argument("--data", required=True, help="dataset folder (with dataset.json)")
     p.add_argument("--split", default="test", help="which cases: a split name, or 'all' (default: test, "
                                                    "falling back to all cases when the dataset has no splits)")
@@ -24,9 +26,14 @@ def run(args) -> int:
     from ..files import write_json
     from ..training import load_trained
 
-    method, model, card, device = load_trained(args.model, device=args.device)
     dataset = load_dataset(args.data)
-    metrics = method.evaluate(model, card, dataset, device, split=args.split)
+    runs, method = [], None
+    for path in args.model:
+        method_, model, card, device = load_trained(path, method_name=method.name if method else None,
+                                                    device=args.device)
+        method = method or method_
+        runs.append(method.evaluate(model, card, dataset, device, split=args.split))
+    metrics = runs[0] if len(runs) == 1 else method.combine(runs)
     print(method.report(metrics))
     if args.json:
         write_json(args.json, metrics, overwrite=True)

@@ -58,6 +58,11 @@ class Method:
         """Metrics on a dataset's test cases (or all cases); keys as the method documents."""
         raise NotImplementedError
 
+    def combine(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One result from `evaluate`'s results of several models (e.g. seeds); methods that
+        report mean ± SD override this."""
+        return {"runs": runs}
+
     def report(self, metrics: dict[str, Any]) -> str:
         """Human-readable table of `evaluate`'s result (methods print the paper's layout)."""
         import json
