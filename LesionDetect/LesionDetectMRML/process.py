@@ -171,3 +171,27 @@ def run(args: list[str], env: dict | None = None, cwd=None, on_progress=None, ti
     child = ChildProcess(args, env=env, cwd=cwd)
     code = child.wait(timeout=timeout, on_progress=on_progress)
     return code, child.output_tail()
+
+
+def available_methods(library_dir: str | os.PathLike) -> list[str]:
+    """Names of the methods registered in LesionDetectLib/methods, read from the source (no
+    import: the GUI lists them before torch is installed).  A method is a class decorated
+    with @register that sets `name = "..."`."""
+    import ast
+
+    names = set()
+    for path in sorted(Path(library_dir, "methods").rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            if not any(getattr(d, "id", getattr(d, "attr", None)) == "register" for d in node.decorator_list):
+                continue
+            for stmt in node.body:
+                if (isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "name" for t in stmt.targets)
+                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                    names.add(stmt.value.value)
+    return sorted(names)
