@@ -1,0 +1,367 @@
+"""Method 004 `ms-flair-fcn` and the lesion-wise metrics (metrics/lesionwise.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from LesionDetectLib.metrics import lesionwise as lw
+from LesionDetectLib.methods import get_method
+from LesionDetectLib.methods import ms_flair_fcn as msf
+
+
+# --- lesion-wise rules on hand-built fixtures ---------------------------------------------
+
+def blank(shape=(8, 30, 30)):
+    return np.zeros(shape, dtype=np.uint8)
+
+
+def test_split_lesion_is_detected_and_both_pieces_are_true_positives():
+    truth, pred = blank(), blank()
+    truth[2:5, 5:15, 5:9] = 1  # one lesion
+    pred[2:5, 5:9, 5:9] = 1  # ... found as two pieces with a gap
+    pred[2:5, 11:15, 5:9] = 1
+    r = lw.lesion_detection(truth, pred)
+    assert (r.n_truth, r.n_pred) == (1, 2)
+    assert r.truth_detected.tolist() == [True]
+    assert r.pred_true.tolist() == [True, True]
+    assert r.sensitivity == 1.0 and r.precision == 1.0 and r.f1 == 1.0
+
+
+def test_merged_lesions_are_both_detected_by_one_component():
+    truth, pred = blank(), blank()
+    truth[2:5, 5:9, 5:9] = 1
+    truth[2:5, 5:9, 11:15] = 1
+    pred[2:5, 5:9, 5:15] = 1  # bridges the two (bridge = 12 of 72 voxels outside the truth)
+    r = lw.lesion_detection(truth, pred)
+    assert (r.n_truth, r.n_pred) == (2, 1)
+    assert r.truth_detected.tolist() == [True, True]
+    assert r.pred_true.tolist() == [True]
+
+
+def test_tiny_components_are_ignored_on_both_sides_by_physical_volume():
+    truth, pred = blank(), blank()
+    truth[1, 1, 1:4] = 1  # 3 voxels = 3 mm^3: not strictly larger, dropped
+    truth[4, 10:12, 10:12] = 1  # 4 voxels = 4 mm^3: kept
+    pred[1, 1, 1:4] = 1
+    pred[6, 20, 20:23] = 1  # a 3 mm^3 false positive: dropped, so not counted
+    r = lw.lesion_detection(truth, pred)
+    assert (r.n_truth, r.n_pred) == (1, 0)
+    assert r.sensitivity == 0.0 and math.isnan(r.precision) and r.f1 == 0.0
+    # the same masks at 0.5 mm voxels (0.125 mm^3): the 4-voxel lesion (0.5 mm^3) is tiny too
+    assert lw.lesion_detection(truth, pred, spacing=(0.5, 0.5, 0.5)).n_truth == 0
+    assert lw.min_component_voxels((0.5, 0.5, 0.5)) == 25
+    assert lw.min_component_voxels((1.0, 1.0, 1.0)) == 4
+
+
+def test_missed_lesion_and_false_positive():
+    truth, pred = blank(), blank()
+    truth[2:5, 2:6, 2:6] = 1
+    truth[2:5, 20:24, 20:24] = 1
+    pred[2:5, 2:6, 2:6] = 1  # finds the first
+    pred[2:5, 10:14, 20:24] = 1  # and something where there is nothing
+    r = lw.lesion_detection(truth, pred)
+    assert r.truth_detected.tolist() == [True, False]
+    assert sorted(r.pred_true.tolist()) == [False, True]
+    assert r.sensitivity == 0.5 and r.precision == 0.5 and r.f1 == pytest.approx(0.5)
+
+
+def test_alpha_overlap_must_exceed_ten_percent():
+    truth, pred = blank((1, 40, 40)), blank((1, 40, 40))
+    truth[0, 0:10, 0:10] = 1  # 100 pixels (2-D, 1 mm^2 each; min size 4)
+    pred[0, 0:10, 0:1] = 1  # exactly 10 % overlap...
+    assert not lw.lesion_detection(truth, pred).truth_detected[0]
+    pred[0, 0, 1] = 1  # 11 %
+    assert lw.lesion_detection(truth, pred).truth_detected[0]
+
+
+def test_beta_rejects_a_prediction_mostly_outside_the_lesion():
+    truth, pred = blank((1, 40, 40)), blank((1, 40, 40))
+    truth[0, 0:5, 0:5] = 1  # 25 pixels
+    pred[0, 0:5, 0:5] = 1
+    pred[0, 0:20, 5:20] = 1  # one blob: 25 inside, 300 outside (92 % outside > beta 0.7)
+    r = lw.lesion_detection(truth, pred)
+    assert not r.truth_detected[0] and not r.pred_true[0]
+
+
+def test_face_connectivity_splits_diagonal_neighbours():
+    truth = blank((3, 12, 12))
+    truth[1, 0:2, 0:2] = 1
+    truth[1, 2:4, 2:4] = 1  # touches the first only at a corner
+    labels, n = lw.lesion_labels(truth)
+    assert n == 2
+
+
+def test_components_agree_with_scipy_on_random_masks():
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((12, 40, 40)) > 0.6)
+    _, n = lw.lesion_labels(mask, min_volume_mm3=0)
+    _, n_scipy = ndimage.label(mask)  # default structure = face connectivity
+    assert n == n_scipy
+    spacing = (1.0, 1.0, 2.0)  # 2 mm^3 voxels: components of >= 2 voxels survive 3 mm^3
+    _, n_big = lw.lesion_labels(mask, spacing=spacing)
+    labels, k = ndimage.label(mask)
+    assert n_big == int((np.bincount(labels.ravel())[1:] * 2.0 > 3.0).sum())
+
+
+def test_pixel_scores_match_sklearn():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    rng = np.random.default_rng(0)
+    truth, pred = rng.random((5, 20, 20)) > 0.8, rng.random((5, 20, 20)) > 0.7
+    s = lw.pixel_scores(lw.pixel_counts(truth, pred))
+    assert s["pixel_precision"] == pytest.approx(precision_score(truth.ravel(), pred.ravel()))
+    assert s["pixel_recall"] == pytest.approx(recall_score(truth.ravel(), pred.ravel()))
+    assert s["pixel_f"] == pytest.approx(f1_score(truth.ravel(), pred.ravel())) == s["dice"]
+
+
+def test_lesion_rows_give_volume_centroid_and_flags():
+    from LesionDetectLib.geometry import Geometry
+
+    truth, pred = blank(), blank()
+    truth[2:4, 10:12, 20:22] = 1
+    pred[2:4, 10:12, 20:22] = 1
+    image = sitk.GetImageFromArray(truth)
+    image.SetSpacing((0.5, 2.0, 3.0))
+    image.SetOrigin((10.0, -5.0, 7.0))
+    geom = Geometry.of(image)
+    r = lw.lesion_detection(truth, pred, spacing=geom.spacing)
+    rows = lw.lesion_rows(r, geom, probability=pred * 0.8)
+    t = [row for row in rows if row["kind"] == "truth"][0]
+    assert t["voxels"] == 8 and t["volume_mm3"] == pytest.approx(24.0) and t["detected"]
+    assert t["centroid"] == pytest.approx([10 + 20.5 * 0.5, -5 + 10.5 * 2, 7 + 2.5 * 3])
+    assert [row["max_probability"] for row in rows if row["kind"] == "predicted"] == [pytest.approx(0.8)]
+
+
+# --- networks ---------------------------------------------------------------------------
+
+def test_paper_network_is_exactly_six_convolutions_with_prelu_and_sigmoid():
+    net = msf.PaperFCN(1)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.padding[0]) for c in convs] == \
+        [(20, 5, 2), (20, 7, 3), (40, 9, 4), (60, 7, 3), (20, 5, 2), (1, 5, 2)]
+    assert sum(isinstance(m, torch.nn.PReLU) for m in net.modules()) == 5
+    assert not any(isinstance(m, (torch.nn.MaxPool2d, torch.nn.BatchNorm2d)) for m in net.modules())
+    x = torch.randn(2, 1, 37, 53)  # any size: same padding keeps it
+    with torch.no_grad():
+        y = net(x)
+        assert torch.allclose(y, torch.sigmoid(net.logits(x)))
+    assert y.shape == (2, 1, 37, 53) and float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_unet_accepts_any_slice_size():
+    net = msf.UNet2D(3, base=4, depth=3).eval()
+    with torch.inference_mode():
+        assert net(torch.randn(1, 3, 45, 61)).shape == (1, 1, 45, 61)
+
+
+def test_fmax_threshold_is_the_exhaustive_best():
+    from sklearn.metrics import f1_score, precision_recall_curve
+
+    rng = np.random.default_rng(1)
+    truth = rng.random(400) > 0.8
+    score = np.clip(truth * 0.3 + rng.random(400) * 0.7, 0, 1)
+    th = msf.fmax_threshold(truth, score, precision_recall_curve)
+    best = max(f1_score(truth, score >= t) for t in np.unique(score))
+    assert f1_score(truth, score >= th) == pytest.approx(best)
+
+
+# --- volumes: axial slicing, normalisation, tiles ---------------------------------------------
+
+def image_with_axial_axis_1():
+    """An anisotropic image (4 mm slices) whose axial (S) direction is index axis 1, tilted 0.1 rad."""
+    image = sitk.GetImageFromArray(np.arange(16 * 12 * 20, dtype=np.float32).reshape(16, 12, 20))
+    image.SetSpacing((0.7, 4.0, 0.9))
+    image.SetOrigin((12.5, -40.0, 3.25))
+    c, s = math.cos(0.1), math.sin(0.1)
+    # direction columns = index axes in LPS: i -> L, j -> mostly S, k -> mostly A (a rotation about L)
+    image.SetDirection(np.array([[1, 0, 0], [0, s, -c], [0, c, s]], dtype=float).ravel().tolist())
+    return image
+
+
+def test_axial_axis_follows_the_direction_matrix():
+    image = image_with_axial_axis_1()
+    assert msf.axial_axis(image) == 1
+    plain = sitk.Image(4, 5, 6, sitk.sitkFloat32)
+    assert msf.axial_axis(plain) == 2
+
+
+def test_model_grid_round_trip_keeps_the_input_geometry():
+    image = image_with_axial_axis_1()
+    config = {**msf.MSFlairFCN.defaults, "spacing_mm": 0.7, "context_slices": 0}
+    grid = msf.ModelGrid(image, config)
+    # in-plane axes are (x: 0.7 mm, z: 0.9 mm) -> resampled to 0.7; slices along y
+    arr = grid.image(image)
+    assert arr.shape[0] == image.GetSize()[1]
+    back = grid.back(arr)
+    assert back.shape == sitk.GetArrayFromImage(image).shape
+    # a pure permutation (spacing already the model's) returns exactly the input
+    image2 = sitk.Image(image)
+    image2.SetSpacing((0.7, 4.0, 0.7))
+    exact = msf.ModelGrid(image2, {**config, "spacing_mm": 0.7})
+    assert not exact.resampled and exact.order == [0, 2, 1]
+    arr2 = exact.image(image2)
+    np.testing.assert_array_equal(exact.back(arr2), sitk.GetArrayFromImage(image2))
+
+
+def test_normalisation_ignores_the_intensity_unit():
+    rng = np.random.default_rng(0)
+    vol = np.zeros((10, 30, 30), np.float32)
+    vol[2:8, 5:25, 5:25] = 100 + rng.normal(0, 5, (6, 20, 20))
+    a, fg = msf.normalise(vol)
+    b, _ = msf.normalise(vol * 7.3 + 0.0)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert np.median(a[fg]) == pytest.approx(1.0, abs=1e-3) and a.min() >= 0
+
+
+def test_plaque_touching_a_grid_edge_gets_a_centred_tile():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[45:55, 28:36] = 1  # straddles x = 32, a 64-tile grid edge
+    centres = msf.lesion_tile_centres(mask, 64)
+    assert centres == [(50, 32)]
+    big = np.zeros((200, 200), np.uint8)
+    big[10:150, 20:40] = 1  # taller than a tile: covered by several
+    cover = np.zeros_like(big)
+    for cy, cx in msf.lesion_tile_centres(big, 64):
+        cover[max(0, cy - 32):cy + 32, max(0, cx - 32):cx + 32] = 1
+    assert cover[big > 0].all()
+
+
+def test_case_tiles_one_third_negatives_preferring_bright_areas():
+    rng = np.random.default_rng(0)
+    vol = np.ones((6, 120, 120), np.float32)
+    vol[:, 80:, :] += rng.normal(0, 0.5, (6, 40, 120)).astype(np.float32)  # bright, high-contrast band
+    fg = np.ones_like(vol, bool)
+    mask = np.zeros_like(vol, bool)
+    mask[1:5, 20:25, 20:25] = True
+    config = {**msf.MSFlairFCN.defaults, "tile_size": 16, "tile_jitter": 2, "negative_ratio": 0.5, "context_slices": 1}
+    images, labels = msf.case_tiles(vol, fg, mask, config, np.random.default_rng(0))
+    positives = sum(lab.any() for lab in labels)
+    assert positives == 4 and len(images) == 6  # four slices with a plaque + 2 negatives
+    assert images[0].shape == (3, 20, 20)
+    negative_rows = [img[1].std() for img, lab in zip(images, labels) if not lab.any()]
+    assert all(s > 0.1 for s in negative_rows)  # drawn from the high-contrast band
+
+
+# --- end to end on tiny synthetic data ------------------------------------------------------
+
+def write_tiny_dataset(root, n=3):
+    from LesionDetectLib.dataset import write_dataset_json
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cases = []
+    for i in range(n):
+        vol = np.zeros((10, 48, 48), np.float32)
+        vol[1:9, 6:42, 6:42] = 100 + rng.normal(0, 3, (8, 36, 36))
+        mask = np.zeros_like(vol, np.uint8)
+        for _ in range(3):
+            z, y, x = rng.integers(2, 7), rng.integers(12, 34), rng.integers(12, 34)
+            mask[z - 1:z + 2, y - 2:y + 3, x - 2:x + 3] = 1
+        vol[mask > 0] += 60
+        img = sitk.GetImageFromArray(vol)
+        img.SetSpacing((1.0, 1.0, 1.0))
+        lab = sitk.GetImageFromArray(mask)
+        lab.CopyInformation(img)
+        sitk.WriteImage(img, str(root / "images" / f"c{i}.nii.gz"))
+        sitk.WriteImage(lab, str(root / "labels" / f"c{i}.nii.gz"))
+        cases.append({"id": f"c{i}", "patient": f"p{i}", "image": f"images/c{i}.nii.gz", "mask": f"labels/c{i}.nii.gz",
+                      "split": "test" if i == n - 1 else "train"})
+    write_dataset_json(root, "tiny-flair", "MR", cases)
+    return root
+
+
+@pytest.mark.parametrize("extra", [["--set", "unet_base=4", "--set", "unet_depth=2"], ["--config", "Resources/configs/ms-flair-fcn/paper.json"]])
+def test_train_infer_evaluate_end_to_end(tmp_path, run_cli, extra):
+    data = write_tiny_dataset(tmp_path / "ds")
+    model = tmp_path / "model"
+    code, out, err = run_cli("train", "--method", "ms-flair-fcn", "--data", data, "--out", model, "--epochs", "1",
+                             "--set", "tile_size=16", "--set", "tile_jitter=2", "--set", "batch_size=8", *extra)
+    assert code == 0, err
+    card = json.loads((model / "model.json").read_text())
+    assert 0 < card["thresholds"]["pixel"] <= 1
+    assert card["config"]["architecture"] == ("paper" if "--config" in extra else "unet")
+    code, out, err = run_cli("evaluate", "--model", model, "--data", data, "--json", tmp_path / "m.json")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("pixel_precision", "pixel_recall", "pixel_f", "dice", "lesion_sensitivity", "lesion_precision",
+                "lesion_f1"):
+        assert key in metrics
+    assert [c["case"] for c in metrics["cases"]] == ["c2"]
+    code, out, err = run_cli("infer", "--model", model, "--input", data / "images" / "c0.nii.gz", "--out",
+                             tmp_path / "pred", "--threshold", "0.25")
+    assert code == 0, err
+    from LesionDetectLib.prediction import read_prediction
+
+    pred = read_prediction(tmp_path / "pred")
+    assert pred.threshold == 0.25
+    np.testing.assert_array_equal(pred.mask, (pred.probability >= 0.25).astype(np.uint8))
+
+
+def test_predict_keeps_an_oblique_anisotropic_input_geometry():
+    from LesionDetectLib.geometry import Geometry
+    from LesionDetectLib.models import ModelCard
+
+    method = get_method("ms-flair-fcn")
+    config = {**method.defaults, "unet_base": 4}
+    model = method.build_model(config).eval()
+    card = ModelCard(method=method.name, modality="MR", config=config, thresholds={"pixel": 0.5})
+    image = image_with_axial_axis_1()
+    pred = method.predict(model, card, image, torch.device("cpu"))
+    assert pred.geometry.same_grid(Geometry.of(image), tol=0)
+    assert pred.probability.shape == sitk.GetArrayFromImage(image).shape
+    assert pred.threshold == 0.5
+    for box in pred.boxes:
+        assert {"volume_mm3", "centroid_lps", "max_probability"} <= set(box.extra)
+
+
+def test_bench_is_registered():
+    from LesionDetectLib.commands.bench import BENCHMARKS
+
+    assert BENCHMARKS["ms-flair"] is msf.benchmark
+
+
+# --- real data -----------------------------------------------------------------------------
+
+def test_shipped_model_infers_raw_anisotropic_flair(shared_data, tmp_path, run_cli):
+    from LesionDetectLib.models import shipped_model_dir
+    from LesionDetectLib.prediction import read_prediction
+
+    if shipped_model_dir("ms-flair-fcn") is None:
+        pytest.skip("no shipped ms-flair-fcn model")
+    raw = shared_data / "realistic_inputs/open_ms_data_longitudinal_patient01/flair_raw.nii.gz"
+    code, out, err = run_cli("infer", "--method", "ms-flair-fcn", "--input", raw, "--out", tmp_path / "p")
+    assert code == 0, err
+    pred = read_prediction(tmp_path / "p")
+    image = sitk.ReadImage(str(raw))
+    assert pred.probability.shape == (36, 320, 320)
+    assert np.allclose(pred.geometry.spacing, image.GetSpacing()) and np.allclose(pred.geometry.origin, image.GetOrigin())
+    assert 0 < pred.mask.mean() < 0.05  # finds something, not the whole head
+
+
+@pytest.mark.slow
+def test_shipped_model_on_a_real_labelled_case(shared_data):
+    """The shipped model was trained on open_ms_data patients 07 and 19: test it on MSLesSeg P18."""
+    from LesionDetectLib.dataset import write_dataset_json, load_dataset
+    from LesionDetectLib.models import shipped_model_dir
+    from LesionDetectLib.training import load_trained
+
+    if shipped_model_dir("ms-flair-fcn") is None:
+        pytest.skip("no shipped ms-flair-fcn model")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        case = shared_data / "ms_flair/mslesseg_P18"
+        write_dataset_json(Path(tmp), "p18", "MR", [{"id": "P18", "patient": "P18", "image": str(case / "flair.nii.gz"),
+                                                   "mask": str(case / "lesions.nii.gz")}])
+        method, model, card, device = load_trained(shipped_model_dir("ms-flair-fcn"), device="cpu")
+        metrics = method.evaluate(model, card, load_dataset(tmp), device, split="all")
+    assert metrics["dice"] > 0.5 and metrics["lesion_f1"] > 0.5
