@@ -106,6 +106,8 @@ def test_bone_mask_from_hu_fills_marrow_and_lytic_holes():
     assert mask[:, 30, 30].all() and mask[:, 30, 22].all() and not mask[:, 2, 2].any()
     assert not mask[:, 30, 50].any()
     assert mask.sum() == pytest.approx(4 * np.pi * 15 ** 2, rel=0.05)
+    wider = patches.bone_mask_from_hu(hu, (1.0, 1.0, 1.0), margin_mm=3.0)
+    assert wider.sum() == pytest.approx(4 * np.pi * 18 ** 2, rel=0.05) and not wider[:, 2, 2].any()
 
 
 # --- network --------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ Modules:
 Inputs (dataset.json layout): CT in HU; lesion centres as `points` (.mrk.json), or `boxes`
 (centres used), or a lesion `mask` (component centroids); the bone mask as `roi`.  Without
 a `roi` the bone mask is computed from HU (patches.bone_mask_from_hu: >= 200 HU, closed
-with a 3 mm ball, holes filled per slice, components < 50 mm^3 dropped), so a CT alone is
-enough to run the method.
+with a 3 mm ball, holes filled per slice, components < 50 mm^3 dropped, dilated by 5 mm so
+lesions that replaced the cortex are inside), so a CT alone is enough to run the method.
 
 Training samples (the paper's section 2.1): per volume, `augment` (5) axial patches per
 lesion centre (randomly rotated and mirrored; the first unaugmented) and as many negatives
@@ -89,6 +89,7 @@ class BoneCTPatch(Method):
         "bone_threshold_hu": 200.0,
         "bone_closing_mm": 3.0,
         "bone_min_component_mm3": 50.0,
+        "bone_margin_mm": 5.0,
         # network
         "width": 1.0,
         "fc_hidden": [256, 256],
@@ -138,7 +139,8 @@ class BoneCTPatch(Method):
     @staticmethod
     def bone_mask(hu, geometry: Geometry, config) -> np.ndarray:
         return patches.bone_mask_from_hu(hu, geometry.spacing, float(config["bone_threshold_hu"]),
-                                         float(config["bone_closing_mm"]), float(config["bone_min_component_mm3"]))
+                                         float(config["bone_closing_mm"]), float(config["bone_min_component_mm3"]),
+                                         float(config["bone_margin_mm"]))
 
     def split_cases(self, dataset: Dataset, config) -> dict[str, list]:
         """The dataset's own splits when it has them, else 72/10/18 by patient."""

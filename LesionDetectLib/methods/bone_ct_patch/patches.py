@@ -27,22 +27,30 @@ AIR_HU = -1000.0
 
 # --- bone mask ---------------------------------------------------------------------------------
 
+def _ball(radius_mm: float, spacing_zyx) -> np.ndarray:
+    radius = [max(0, int(round(radius_mm / s))) for s in spacing_zyx]
+    zz, yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1, -radius[2]:radius[2] + 1]
+    sz, sy, sx = spacing_zyx
+    return ((zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2) <= radius_mm ** 2
+
+
 def bone_mask_from_hu(hu: np.ndarray, spacing_xyz, threshold_hu: float = 200.0, closing_mm: float = 3.0,
-                      min_component_mm3: float = 50.0) -> np.ndarray:
+                      min_component_mm3: float = 50.0, margin_mm: float = 0.0) -> np.ndarray:
     """A bone mask for a CT without one (uint8, zyx).
 
     Voxels >= `threshold_hu` (cortex and trabecular bone), closed with a ball of `closing_mm`
     (bridges cortical gaps, e.g. where a lytic lesion breaks the cortex), holes filled slice
     by slice (marrow and lytic lesions inside a cortical ring are below the threshold but
     belong to the bone), components smaller than `min_component_mm3` dropped (calcified
-    vessels, contrast specks, noise).
+    vessels, contrast specks, noise), then dilated by `margin_mm` (a lesion that has
+    replaced the cortex lies just outside the remaining bone: on the real BLDS patches the
+    annotated centres of 4 of 7 lesions are 1-4 mm outside the thresholded bone).
     """
     sx, sy, sz = (float(v) for v in spacing_xyz)
     mask = hu >= threshold_hu
-    radius = [max(0, int(round(closing_mm / s))) for s in (sz, sy, sx)]
-    if any(radius):
-        zz, yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1, -radius[2]:radius[2] + 1]
-        ball = ((zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2) <= closing_mm ** 2
+    ball = _ball(closing_mm, (sz, sy, sx))
+    if ball.size > 1:
+        radius = [n // 2 for n in ball.shape]
         pad = [(r, r) for r in radius]  # closing must not erode at the volume border
         mask = ndimage.binary_closing(np.pad(mask, pad), structure=ball)[
             tuple(slice(r, r + n) for r, n in zip(radius, hu.shape))]
@@ -53,6 +61,8 @@ def bone_mask_from_hu(hu: np.ndarray, spacing_xyz, threshold_hu: float = 200.0, 
         sizes = np.bincount(labels.ravel())[1:] * (sx * sy * sz)
         keep = np.concatenate([[False], sizes >= min_component_mm3])
         mask = keep[labels]
+    if margin_mm > 0:
+        mask = ndimage.binary_dilation(mask, structure=_ball(margin_mm, (sz, sy, sx)))
     return mask.astype(np.uint8)
 
 

@@ -1,0 +1,77 @@
+"""Dense vs per-patch volume parsing (method 000), with trained models, one command:
+
+    .venv/bin/python Testing/benchmarks/bone_ct_patch_parse.py [--model PAPER_MODEL] [--fast-model FAST_MODEL] \
+        [--slices 3] [--patch-sample 128]
+
+Runs `bone_ct_patch.bench.bone_ct_parse` (what `lesiondetect bench bone-ct-parse` runs with a
+randomly initialised paper network) with the given trained models, so that max |dp| is
+measured on a network whose probabilities actually vary.  The fast model (config fast.json:
+32 px patches) is also run at parse stride 32.  Results: Resources/benchmarks/bone-ct-parse.json
+and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from LesionDetectLib.files import write_json, write_text  # noqa: E402
+from LesionDetectLib.methods.bone_ct_patch.bench import bone_ct_parse  # noqa: E402
+from LesionDetectLib.training import load_trained  # noqa: E402
+
+OUT = ROOT / "Resources" / "benchmarks"
+KEYS = ("dense_s_per_slice", "per_patch_s_per_slice", "ratio", "max_abs_dp", "mean_abs_dp", "peak_rss_mb",
+        "flop_efficiency", "machine_gflops", "dense_gflop_per_slice", "volume_512x512x100_dense_s",
+        "per_patch_probability_sd")
+
+
+def run(label: str, model_path, slices: int, sample: int, **settings) -> dict:
+    model, config = None, {}
+    if model_path:
+        _, model, card, _ = load_trained(model_path, device="cpu")
+        config = dict(card.config)
+    config.update(settings)
+    result = bone_ct_parse(slices=slices, patch_sample=sample, model=model, config=config)
+    result["model"] = str(model_path) if model_path else "paper network, random initialisation"
+    result["label"] = label
+    print(label, {k: result[k] for k in KEYS}, flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="trained paper model (patch_pixels 64)")
+    ap.add_argument("--fast-model", help="trained fast-mode model (patch_pixels 32)")
+    ap.add_argument("--slices", type=int, default=3)
+    ap.add_argument("--patch-sample", type=int, default=128)
+    args = ap.parse_args(argv)
+    results = [run("paper model, stride 16", args.model, args.slices, args.patch_sample)]
+    if args.fast_model:
+        results.append(run("fast model (32 px), stride 16", args.fast_model, args.slices, args.patch_sample))
+        results.append(run("fast model (32 px), stride 32", args.fast_model, args.slices, args.patch_sample,
+                           parse_stride=32))
+    doc = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                      f"torch {torch.__version__}",
+           "command": "python Testing/benchmarks/bone_ct_patch_parse.py " + " ".join(argv or sys.argv[1:]),
+           "results": results}
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_json(OUT / "bone-ct-parse.json", doc, overwrite=True)
+    lines = ["# bone-ct-parse: dense vs per-patch volume parsing", "", f"Command: `{doc['command']}`  ",
+             f"Machine: {doc['machine']} (shared; medians over {args.slices} generated 512 x 512 slices, 8 % bone)",
+             "", "| run | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+    for r in results:
+        lines.append(f"| {r['label']} | " + " | ".join(f"{r[k]:.4g}" for k in KEYS) + " |")
+    write_text(OUT / "bone-ct-parse.md", "\n".join(lines) + "\n", overwrite=True)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
