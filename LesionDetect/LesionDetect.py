@@ -41,7 +41,7 @@ for _path in (str(LIBRARY_PARENT), str(MODULE_DIR)):
         sys.path.append(_path)
 
 DEVICES = ["auto", "cpu", "cuda"]
-SAMPLE_STUDIES = {"bone-ct": "bone CT", "flair": "FLAIR MRI", "liver": "liver CT"}
+SAMPLE_STUDIES = {"bone-ct": "bone CT", "ms-flair": "FLAIR MRI", "liver-ct": "liver CT"}  # LesionDetectLib.synth kinds
 SAMPLE_CATEGORY = "LesionDetect"
 TORCH_REQUIREMENT = ">=2.1"
 TORCHVISION_REQUIREMENT = ">=0.16"
@@ -582,13 +582,15 @@ class LesionDetectLogic(ScriptedLoadableModuleLogic):
             points_node=self.result.points if self.result.points and self.result.points.GetScene() else None,
             prediction=self.prediction, threshold=self.result.threshold)
 
-    def loadSampleStudy(self, kind: str):
-        """A synthetic study (made here, no network) as a volume node; returns [node] like SampleData."""
-        from LesionDetectMRML import convert, samples
+    def loadSampleStudy(self, kind: str, size: str = "full"):
+        """A synthetic study made by LesionDetectLib.synth (no network) as a volume node;
+        returns [node] like SampleData."""
+        from LesionDetectLib import synth
+        from LesionDetectMRML import convert
 
         self.ensureDependencies()
-        study = samples.make_study(kind)
-        node = convert.add_image_volume(slicer.mrmlScene, study.image, f"LesionDetect {kind}")
+        case = synth.make_case(kind, seed=0, index=0, size=size)
+        node = convert.add_image_volume(slicer.mrmlScene, case.image, f"LesionDetect {kind}")
         slicer.util.setSliceViewerLayers(background=node, fit=True)
         return [node]
 
@@ -684,9 +686,12 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_SampleStudy(self):
-        from LesionDetectMRML import convert, samples
+        from LesionDetectLib import synth
+        from LesionDetectLib.geometry import Geometry
+        from LesionDetectMRML import convert
 
         self.delayDisplay("Loading a synthetic sample study")
-        [node] = LesionDetectLogic().loadSampleStudy("bone-ct")
-        self.assertTrue(convert.volume_geometry(node).same_grid(samples.make_study("bone-ct").prediction.geometry))
+        [node] = LesionDetectLogic().loadSampleStudy("liver-ct", size="small")
+        expected = Geometry.of(synth.make_case("liver-ct", seed=0, index=0, size="small").image)
+        self.assertTrue(convert.volume_geometry(node).same_grid(expected))
         self.delayDisplay("Test passed")

@@ -109,10 +109,12 @@ def test_existing_bundle_is_never_replaced(bundle):
 
 def test_prediction_for_another_image_is_a_clear_error(bundle, tmp_path):
     _, folder, _ = bundle
+    from LesionDetectMRML.bundle import write_bundle  # in this process: the child's error path is the same code
+
     other = make_study("liver", geometry=overlay_geometry())
     write_image(other.image, tmp_path / "other.nrrd")
     with pytest.raises(LesionDetectError, match="does not fit"):
-        scene_bundle.write_scene_bundle(tmp_path / "other.nrrd", folder / "prediction", tmp_path / "x.mrb")
+        write_bundle(tmp_path / "other.nrrd", folder / "prediction", tmp_path / "x.mrb")
     assert not (tmp_path / "x.mrb").exists()
 
 
@@ -141,3 +143,50 @@ def test_adapter_folder_is_found_in_the_source_tree():
     folder = scene_bundle.adapter_folder()
     assert (folder / "LesionDetectMRML" / "bundle.py").is_file()
     assert folder.name == "LesionDetect"
+
+
+def _offscreen_rendering() -> bool:
+    """Whether VTK can render without a display here (EGL/OSMesa).  Probed in a child process:
+    an EGL window in the test process would break later torch/torchvision imports."""
+    import sys
+
+    probe = ("import vtk; w = vtk.vtkRenderWindow(); w.SetOffScreenRendering(1); w.SetSize(8, 8); w.Render(); "
+             "print(w.GetClassName())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    return done.returncode == 0
+
+
+def test_bundle_renders_offscreen_with_the_overlays(bundle, tmp_path):
+    """The slice views of the re-opened bundle, drawn by MRML's slice logic and displayable
+    managers (in a child process, so a graphics driver problem cannot take pytest down)."""
+    if not _offscreen_rendering():
+        pytest.skip("no offscreen OpenGL (EGL/OSMesa) and no display")
+    import sys
+
+    from adapter_support import ADAPTER_FOLDER, ROOT
+
+    _, _, out = bundle
+    png = tmp_path / "views.png"
+    env = {**__import__("os").environ, "PYTHONPATH": f"{ADAPTER_FOLDER}:{ROOT}"}
+    done = subprocess.run([sys.executable, "-m", "LesionDetectMRML.render", "--bundle", str(out), "--out", str(png),
+                           "--size", "120", "--field-of-view", "40"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(png))
+    reader.Update()
+    image = reader.GetOutput()
+    assert image.GetDimensions()[:2] == (3 * 120, 120)
+    from vtk.util import numpy_support
+
+    rgb = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(120, 360, -1)[..., :3].astype(int)
+    centre = rgb[50:70, 50:70]  # the red view is centred on the best box: the lesion, in colour
+    colourful = (centre.max(axis=-1) - centre.min(axis=-1)) > 40
+    assert colourful.mean() > 0.3, "no coloured overlay (probability map, segment, box) at the lesion"
+
+
+def test_the_bundle_writers_error_comes_back_as_one_line(bundle, tmp_path):
+    _, folder, _ = bundle
+    with pytest.raises(LesionDetectError, match=r"prediction.json: not found: not a LesionDetect prediction folder"):
+        scene_bundle.write_scene_bundle(folder / "case 1.nrrd", tmp_path, tmp_path / "x.mrb")
+    assert not (tmp_path / "x.mrb").exists()

@@ -243,6 +243,11 @@ def test_extension_cmake_follows_the_template():
     assert text.index("add_subdirectory(LesionDetectLib)") < text.index("add_subdirectory(LesionDetect)")
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
+    # the icon and screenshots the catalogue shows are files of this repository
+    urls = re.search(r'set\(EXTENSION_ICONURL "([^"]+)"\)', text).group(1).split()
+    urls += re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', text).group(1).split()
+    for url in urls:
+        assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
 
 
 @pytest.mark.parametrize("icon", ["Resources/LesionDetect.png", "LesionDetect/Resources/Icons/LesionDetect.png"])

@@ -32,6 +32,7 @@ ROLE_ATTRIBUTE = "LesionDetect.role"  # "probability", "segmentation", "box", "p
 LESION_SEGMENT_ID = lesion_segment().id
 HAND_PLACED_SCORE = 1.0
 HAND_PLACED_LABEL = "lesion"
+SEGMENT_FILL_OPACITY = 0.2
 
 
 # --- matrices -------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ def add_segmentation(scene, segmentations_logic, mask: np.ndarray, geometry: Geo
     the reference volume as its geometry, and `mask` as the segment's voxels."""
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     seg_node.CreateDefaultDisplayNodes()
+    seg_node.GetDisplayNode().SetOpacity2DFill(SEGMENT_FILL_OPACITY)  # the probability map shows through
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     seg_node.SetNodeReferenceID(seg_node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
     segmentation = seg_node.GetSegmentation()
@@ -207,6 +209,7 @@ def add_box(scene, box: LesionBox, name: str | None = None):
     roi.AddMeasurement(measurement)
     roi.SetAttribute(ROLE_ATTRIBUTE, "box")
     roi.CreateDefaultDisplayNodes()
+    roi.GetDisplayNode().SetFillVisibility(False)  # an outline: the lesion stays visible inside its box
     return roi
 
 

@@ -71,6 +71,10 @@ def new_scene(slice_views: bool = True) -> HeadlessSlicer:
     color_logic.SetMRMLScene(scene)
     color_logic.AddDefaultColorNodes()
     add_matplotlib_color_tables(scene, color_logic)
+    import vtk
+
+    app_logic.SetSliceLogics(vtk.vtkCollection())  # filled by views (render.py), as Slicer's layout does
+    app_logic.SetViewLogics(vtk.vtkCollection())
     logics = {"Colors": color_logic}
     for module_name, class_name in MODULE_LOGICS.items():
         logic = getattr(slicer, class_name)()
