@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -676,7 +677,7 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
             slicer.app.processEvents()
             if progress:
                 break
-            qt.QThread.msleep(100)
+            time.sleep(0.1)
         self.assertTrue(progress, "no progress reported")
         logic.cancel()
         self.assertFalse(logic.isRunning())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import vtk
 
-from adapter_support import assert_same_box, make_study, mrml, slicer  # noqa: F401
+from adapter_support import assert_same_box, make_study, mrml  # noqa: F401  (mrml: fixture)
 
 from LesionDetectLib import scene_bundle
 from LesionDetectLib.errors import LesionDetectError

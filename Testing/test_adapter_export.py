@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-from adapter_support import STUDY_KINDS, assert_same_box, make_study, mrml, slicer  # noqa: F401
+from adapter_support import STUDY_KINDS, assert_same_box, make_study, mrml  # noqa: F401  (mrml: fixture)
 
 from LesionDetectLib import markups
 from LesionDetectLib.dataset import load_dataset, read_mask, validate_dataset
