@@ -64,13 +64,16 @@ def draw_vertebra(cortex_units, spacing, center, rx, ry, height, cortex_mm, post
     pz = cz + 0.15 * height
     r_ped = max(0.22 * rx, 3.0)
     for side in (-1, 1):
-        ped0 = (pz, back - 0.25 * ry, cx + side * 0.6 * rx)
+        # pedicles and laminae are tall plates, drawn as two stacked tubes
+        for level in (pz, pz - 0.25 * height):
+            ped0 = (level, back - 0.25 * ry, cx + side * 0.6 * rx)
+            ped1 = (level, back + 0.45 * ry + 6, cx + side * canal)
+            paint_bone(cortex_units, capsule_depth(shape, spacing, ped0, ped1, r_ped, r_ped), cortex_mm)
+            lamina = (level - 0.1 * height, ped1[1] + 0.5 * ry + 6, cx)
+            paint_bone(cortex_units, capsule_depth(shape, spacing, ped1, lamina, r_ped * 0.8, 3.5), cortex_mm)
         ped1 = (pz, back + 0.45 * ry + 6, cx + side * canal)
-        paint_bone(cortex_units, capsule_depth(shape, spacing, ped0, ped1, r_ped, r_ped), cortex_mm)
         transverse = (pz + jitter(1.0), ped1[1] + 4, cx + side * (rx + 18 + jitter(2.0)))
         paint_bone(cortex_units, capsule_depth(shape, spacing, ped1, transverse, r_ped * 0.9, 3.0), cortex_mm)
-        lamina = (pz - 0.1 * height, ped1[1] + 0.5 * ry + 6, cx)
-        paint_bone(cortex_units, capsule_depth(shape, spacing, ped1, lamina, r_ped * 0.8, 3.5), cortex_mm)
     lamina = (pz - 0.1 * height, back + 0.95 * ry + 12, cx)
     spinous = (pz - 0.45 * height, lamina[1] + 0.9 * ry + 10, cx + jitter(1.5))
     paint_bone(cortex_units, capsule_depth(shape, spacing, lamina, spinous, 4.0, 3.0), cortex_mm)
@@ -302,7 +305,7 @@ def build_trunk(rng: np.random.Generator, shape, spacing, u0: float, enhanced: b
                                    9 * scale, 8 * scale), cort(1.2))  # sternum
 
     marrow_hu = float(rng.uniform(170, 320))
-    cortex_hu = float(rng.uniform(950, 1400))
+    cortex_hu = float(rng.uniform(750, 1250))
     is_bone = bone > 0
     texture = smooth_noise(rng, shape, (0.6, 1.2, 1.2), 1.0)
     hu = np.where(is_bone, np.where(bone > 1, marrow_hu + 45 * texture, cortex_hu * (1 + 0.06 * texture)), hu)

@@ -105,7 +105,8 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
 
 
 def _jpeg_like(rng, counts, mask_corner):
-    """8-bit like BS-80K's crops: scaled to the bright end, with a black cut-off corner."""
+    """8-bit like BS-80K's crops: scaled to the bright end, a black cut-off top corner and a
+    ragged black strip on the medial side where the published crops were masked."""
     top = max(float(np.percentile(counts, 99.5)), 1.0)
     out = np.clip(counts / top * 230.0, 0, 255)
     if mask_corner:
@@ -113,6 +114,8 @@ def _jpeg_like(rng, counts, mask_corner):
         depth = int(rows * rng.uniform(0.1, 0.3))
         r, c = np.mgrid[0:rows, 0:cols]
         out[r < depth * (1 - c / cols)] = 0
+        edge = cols * rng.uniform(0.1, 0.3) + np.cumsum(rng.normal(0, 0.8, rows))
+        out[c >= cols - np.clip(edge, 0, cols * 0.45)[:, None]] = 0
     return np.rint(out)
 
 
@@ -127,6 +130,7 @@ class Body:
         self.top = rng.uniform(0.005, 0.02) * height
         self.cx = shape[1] * spacing[1] / 2 + rng.normal(0, 2)
         self.bone_gain = rng.uniform(0.8, 1.25)
+        self.soft_tissue = rng.uniform(0.05, 0.1)  # soft-tissue background relative to bone
         self.kidney = rng.uniform(0.15, 0.6)
         self.bladder = rng.uniform(2.0, 8.0)
         self.injection = rng.uniform(3.0, 10.0) if rng.random() < 0.5 else 0.0
@@ -157,13 +161,13 @@ class Body:
                 ant = [(y(y0 + 85 + 40 * tt), x(side, (12 + width) * (1 - 0.75 * tt))) for tt in t] if n < 10 else []
                 self.ribs.append(post + ant)
                 for a, b in zip(post[:-1], post[1:]):
-                    add(("rib", "capsule", (a, b, 5.5 * s, 5.5 * s), 0.45, 0.6, 1.1))
+                    add(("rib", "capsule", (a, b, 5.0 * s, 5.0 * s), 0.4, 0.45, 1.1))
                 for a, b in zip(ant[:-1], ant[1:]):
-                    add(("rib", "capsule", (a, b, 5 * s, 5 * s), 0.35, 1.0, 0.5))
+                    add(("rib", "capsule", (a, b, 4.0 * s, 4.0 * s), 0.35, 0.8, 0.5))
         add(("sternum", "capsule", ((y(345), x(0, 0)), (y(520), x(0, 0)), 13 * s, 10 * s), 0.7, 1.0, 0.3))
         for side in (-1, 1):
             add(("clavicle", "capsule", ((y(340), x(side, 18)), (y(318), x(side, 150)), 9 * s, 9 * s), 0.6, 1.0, 0.5))
-            add(("scapula", "ellipse", (y(420), x(side, 125), 70 * s, 40 * s), 0.35, 0.5, 1.0))
+            add(("scapula", "ellipse", (y(420), x(side, 125), 70 * s, 40 * s), 0.3, 0.35, 1.0))
             add(("shoulder", "ellipse", (y(335), x(side, 178), 24 * s, 24 * s), 0.8 + self.joints[0 if side < 0 else 1],
                  1.0, 1.0))
             add(("humerus", "capsule", ((y(345), x(side, 182)), (y(640), x(side, 200)), 13 * s, 11 * s), 0.5, 1.0, 1.0))
@@ -235,7 +239,9 @@ class Body:
                 centre = (self.top + rng.uniform(840, 930) * self.s, self.cx + side * rng.uniform(20, 110) * self.s)
                 site = "pelvis"
             diameter = log_uniform(rng, params["hotspot_diameter_min_mm"], params["hotspot_diameter_max_mm"])
-            radius = max(diameter / 2 * params["lesion_size"] * self.s, 1.0 * self.spacing[0])
+            # BS-80K's positive crops show small foci: a rib metastasis is narrower than a vertebra's
+            site_scale = 0.6 if site == "rib" else 1.0
+            radius = max(diameter / 2 * site_scale * params["lesion_size"] * self.s, 1.0 * self.spacing[0])
             intensity = 1.0 + params["contrast"] * rng.uniform(0.8, 3.0)
             spots.append({"site": site, "center": (float(centre[0]), float(centre[1])),
                           "radii": (radius * rng.uniform(0.8, 1.2), radius * rng.uniform(0.8, 1.2)),
@@ -248,7 +254,8 @@ class Body:
         for kind, params in self.outline_parts:  # soft-tissue background
             res = self._depth(kind, params)
             if res is not None:
-                np.maximum(canvas[res[0]], 0.07 * smoothstep(-3, 3, res[1]), out=canvas[res[0]])
+                np.maximum(canvas[res[0]], self.soft_tissue * smoothstep(-3, 3, res[1]),
+                           out=canvas[res[0]])
         for name, kind, params, value, anterior, posterior in self.parts:
             gain = 1.0 if name in ("kidney", "bladder", "injection site") else self.bone_gain
             self._paint(canvas, kind, params, value * gain * (anterior if view == "anterior" else posterior))
@@ -275,7 +282,7 @@ class Body:
     def right_chest_crop(self):
         """Rows from the shoulder to the lower ribs, columns from the body's right edge to the spine."""
         s, (py, px) = self.s, self.spacing
-        y0, y1 = self.top + 300 * s, self.top + 640 * s
-        x0, x1 = self.cx - 175 * s, self.cx - 10 * s
+        y0, y1 = self.top + 300 * s, self.top + 620 * s
+        x0, x1 = self.cx - 128 * s, self.cx + 2 * s
         return (slice(max(int(y0 / py), 0), min(int(y1 / py), self.shape[0])),
                 slice(max(int(x0 / px), 0), min(int(x1 / px), self.shape[1])))

@@ -268,9 +268,10 @@ def smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    """A size between low and high with small ones as common as large ones per octave."""
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+def log_uniform(rng: np.random.Generator, low: float, high: float, skew: float = 1.0) -> float:
+    """A size between low and high, as common per octave (skew 1) or favouring small ones
+    (skew > 1)."""
+    return float(np.exp(np.log(low) + (np.log(high) - np.log(low)) * rng.random() ** skew))
 
 
 def overlaps(findings: list[dict], centre_mm, reach_mm: float) -> bool:

@@ -26,9 +26,9 @@ WINDOW = (0.0, 220.0)
 PARAMS = {
     "lesions_mean": Param(18.0, "mean number of plaques per case (Poisson)"),
     "diameter_min_mm": Param(2.0, "smallest plaque diameter"),
-    "diameter_max_mm": Param(15.0, "largest plaque diameter (log-uniform: most are small)"),
-    "plaque_contrast_min": Param(0.15, "faintest plaque, as a fraction above white matter"),
-    "plaque_contrast_max": Param(0.75, "brightest plaque, as a fraction above white matter"),
+    "diameter_max_mm": Param(15.0, "largest plaque diameter (log scale, skewed: most are small)"),
+    "plaque_contrast_min": Param(0.2, "faintest plaque, as a fraction above white matter"),
+    "plaque_contrast_max": Param(0.9, "brightest plaque, as a fraction above white matter"),
     "noise_fraction": Param(0.035, "noise standard deviation as a fraction of white matter"),
     "skull_stripped": Param(False, "zero everything outside the brain, like the MNI cases"),
 }
@@ -37,7 +37,7 @@ SIZE = {"full": ((182, 218, 182), (1.0, 1.0, 1.0), (-90.0, 126.0, -72.0)),
         "small": ((26, 76, 64), (6.0, 2.85, 2.85), (-90.0, 126.0, -50.0))}
 DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 # FLAIR signal relative to white matter
-TISSUE = {"csf": 0.16, "wm": 1.0, "gm": 1.2, "deep_gm": 1.08, "skull": 0.08, "diploe": 0.75, "scalp_fat": 1.55,
+TISSUE = {"csf": 0.16, "wm": 1.0, "gm": 1.25, "deep_gm": 1.08, "skull": 0.08, "diploe": 0.75, "scalp_fat": 1.55,
           "muscle": 0.55, "orbital_fat": 1.5, "globe": 1.15, "mucosa": 1.35}
 WM, GM, DEEP_GM, CSF = 1, 2, 3, 4
 
@@ -124,7 +124,7 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
     for _ in range(count * 20):
         if len(findings) == count:
             break
-        diameter = log_uniform(rng, params["diameter_min_mm"], params["diameter_max_mm"])
+        diameter = log_uniform(rng, params["diameter_min_mm"], params["diameter_max_mm"], skew=1.8)
         radius = max(diameter / 2 * params["lesion_size"], r_floor)
         where = rng.random()
         direction = rng.normal(size=3)
@@ -176,8 +176,8 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
     if not params["skull_stripped"]:
         _paint_head(rng, signal, brain, shape, spacing, arr, centre, scale)
     signal *= np.float32(wm_signal)
-    signal *= 1.0 + coarse_noise(rng, shape, spacing, 70.0, 0.05)  # coil bias field
-    signal = blur_mm(signal, spacing, 0.5)
+    signal *= 1.0 + coarse_noise(rng, shape, spacing, 60.0, 0.07)  # coil bias field
+    signal = blur_mm(signal, spacing, 0.7)
     sigma = params["noise_fraction"] * params["noise"] * wm_signal
     if sigma > 0:  # magnitude images: Rician noise
         real = signal + rng.normal(0, sigma, shape).astype(np.float32)
