@@ -37,7 +37,7 @@ SEGMENT_FILL_OPACITY = 0.2
 
 # --- matrices -------------------------------------------------------------------------------
 
-def _vtk_matrix(array) -> vtk.vtkMatrix4x4:
+def vtk_matrix(array) -> vtk.vtkMatrix4x4:
     m = vtk.vtkMatrix4x4()
     a = np.asarray(array, dtype=float)
     for r in range(a.shape[0]):
@@ -46,7 +46,7 @@ def _vtk_matrix(array) -> vtk.vtkMatrix4x4:
     return m
 
 
-def _numpy_matrix(m: vtk.vtkMatrix4x4) -> np.ndarray:
+def numpy_matrix(m: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
@@ -77,7 +77,7 @@ def set_volume_array(node, array: np.ndarray, geometry: Geometry) -> None:
     node.SetOrigin(*lps_to_ras(geometry.origin))
     directions = np.eye(4)
     directions[:3, :3] = _lps_columns_to_ras(geometry.direction)
-    node.SetIJKToRASDirectionMatrix(_vtk_matrix(directions))
+    node.SetIJKToRASDirectionMatrix(vtk_matrix(directions))
     node.SetAndObserveImageData(image)
 
 
@@ -99,7 +99,7 @@ def volume_geometry(node) -> Geometry:
     """The LPS geometry of a volume node."""
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASDirectionMatrix(m)
-    directions = _ras_columns_to_lps(_numpy_matrix(m)[:3, :3])
+    directions = _ras_columns_to_lps(numpy_matrix(m)[:3, :3])
     size = node.GetImageData().GetDimensions()
     return Geometry(size, node.GetSpacing(), ras_to_lps(node.GetOrigin()), directions.ravel())
 
@@ -196,7 +196,7 @@ def add_box(scene, box: LesionBox, name: str | None = None):
     object_to_node[:3, 3] = lps_to_ras(box.center)
     # size first: SetSize moves the centre through single-precision points, the matrix does not
     roi.SetSize(*box.size)
-    roi.SetAndObserveObjectToNodeMatrix(_vtk_matrix(object_to_node))
+    roi.SetAndObserveObjectToNodeMatrix(vtk_matrix(object_to_node))
     roi.SetNthControlPointLabel(0, box.label)
     roi.SetNthControlPointDescription(0, _description(box.score, box.extra))
     measurement = slicer.vtkMRMLStaticMeasurement()
@@ -240,7 +240,7 @@ def box_score(roi) -> float:
 
 def roi_to_box(roi) -> LesionBox:
     """A ROI node (as the user left it: moved, resized, rotated) as a LesionBox in LPS."""
-    object_to_node = _numpy_matrix(roi.GetObjectToNodeMatrix())
+    object_to_node = numpy_matrix(roi.GetObjectToNodeMatrix())
     center = [0.0, 0.0, 0.0]
     roi.GetCenter(center)
     d = _parse_description(roi.GetNthControlPointDescription(0)) if roi.GetNumberOfControlPoints() else {}
