@@ -27,7 +27,7 @@ from .common import (Param, SynthCase, blur_mm, capsule_depth, case_id, case_rng
 KIND = "bone-scan"
 MODALITY = "NM"
 LABELS = {"0": "background", "1": "metastatic hot spot"}
-WINDOW = (0.0, 60.0)
+WINDOW = None  # per image: 0 .. 99.5th percentile, dark uptake on white as nuclear medicine shows it
 PARAMS = {
     "positive_fraction": Param(0.5, "share of patients with metastases"),
     "hotspots_mean": Param(4.0, "mean number of hot spots in a positive patient (Poisson, at least 1)"),

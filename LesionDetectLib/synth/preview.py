@@ -35,13 +35,21 @@ def _aspect(spacing_row, spacing_col):
     return spacing_row / spacing_col
 
 
-def save_preview(case: SynthCase, path: str | Path, window: tuple[float, float], title: str = "") -> Path:
+def save_preview(case: SynthCase, path: str | Path, window: tuple[float, float] | None, title: str = "") -> Path:
+    """Write a PNG montage; `window` is (low, high) of the grey scale, or None for a
+    scintigram (0 .. 99.5th percentile, inverted grey)."""
     image = case.array
     geometry = case.geometry
     sx, sy, sz = geometry.spacing
+    # show anterior at the top whatever the row direction (the MNI grid runs posterior -> anterior)
+    anterior_up = geometry.direction[4] >= 0
     if image.ndim == 2:
         fig, ax = plt.subplots(1, 1, figsize=(4, 4 * image.shape[0] / image.shape[1] + 0.4))
-        ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+        if window is None:
+            ax.imshow(image, cmap="gray_r", vmin=0, vmax=max(float(np.percentile(image, 99.5)), 1.0),
+                      interpolation="nearest")
+        else:
+            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
         _outline(ax, case.mask, case.roi)
         _points(ax, case, axis_slice=None)
         ax.set_title(f"{title} {case.id} label={case.entry.get('label')}", fontsize=8)
@@ -63,7 +71,8 @@ def save_preview(case: SynthCase, path: str | Path, window: tuple[float, float],
                     _points(ax, case, axis_slice=k)
                     _key_boxes(ax, case, k)
                 ax.set_xlim(crop[1].start - 0.5, crop[1].stop - 0.5)
-                ax.set_ylim(crop[0].stop - 0.5, crop[0].start - 0.5)
+                top, bottom = crop[0].start - 0.5, crop[0].stop - 0.5
+                ax.set_ylim((bottom, top) if anterior_up else (top, bottom))
                 ax.axis("off")
             axes[0, col].set_title(f"axial {k}{label}", fontsize=7)
         # coronal reformat through the first lesion (or the image centre)
