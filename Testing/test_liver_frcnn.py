@@ -400,4 +400,39 @@ def test_regressor_learns_a_box():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.01 * first
+    assert float(loss.detach()) < 0.01 * first
+
+
+def test_experiment_configs_only_use_known_keys():
+    from pathlib import Path
+
+    from LesionDetectLib.training import read_config
+
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "configs" / "liver-frcnn"
+    configs = sorted(folder.glob("*.json"))
+    assert len(configs) >= 6
+    defaults = get_method("liver-frcnn").defaults
+    for path in configs:
+        assert "description" in json.loads(path.read_text()), path.name
+        unknown = set(read_config(path)) - set(defaults)
+        assert not unknown, f"{path.name}: unknown keys {unknown}"
+
+
+def test_training_crops_hold_a_lesion_at_network_scale(tmp_path):
+    ds = load_dataset(write_liver_dataset(tmp_path / "ds", n_cases=2))
+    method = get_method("liver-frcnn")
+    cfg = {**method.defaults, "image_size": 112, "train_crop": 40}  # 48 x 56 slices are scaled by 2
+    samples = KeySliceSamples(ds.cases[:1], cfg, train=True)
+    (bx0, by0, bx1, by1), = (samples.items[0][1] * 2).tolist()
+    torch.manual_seed(0)
+    for _ in range(10):
+        image, target = samples[0]
+        assert image.shape == (3, 40, 40)
+        x0, y0, x1, y1 = target["boxes"][0].tolist()
+        assert (x1 - x0, y1 - y0) == pytest.approx((bx1 - bx0, by1 - by0))  # whole, not clipped
+        key = image[1].numpy()
+        assert key[int(y0) + 2:int(y1) - 2, int(x0) + 2:int(x1) - 2].mean() < 0.47  # the dark lesion
+    val = KeySliceSamples(ds.cases[:1], cfg, train=False)[0][0]
+    assert val.shape == (3, 96, 112)  # validation: scaled, not cropped
+    model = method.build_model({**cfg, **{k: v for k, v in TINY.items() if k != "image_size"}})
+    assert model.transform._skip_resize

@@ -85,12 +85,18 @@ DEFAULTS: dict[str, Any] = {
     "aspect_ratios": [0.5, 1.0, 2.0],
     # 300 proposals at test time as 3DCE/MULAN use (torchvision's 1000 is for 80 COCO classes)
     "rpn_proposals_test": 300,
+    # RoIs sampled per image for the box head in training: torchvision's 512 is for COCO's
+    # many objects; a CT slice holds a few lesions (keras-frcnn, the paper's code, samples 32)
+    "roi_samples_per_image": 128,
     "min_score": 0.05,
     "slice_nms_iou": 0.5,
     "detections_per_slice": 20,
     "regressor_width": 16,
     "dropout": 0.0,
     "flip": True,
+    # > 0: train Faster R-CNN on random crops of this many pixels (at the network's scale) that
+    # contain a lesion, about (image_size / train_crop)^2 times cheaper per step; 0: whole slices
+    "train_crop": 0,
     "val_fraction": 0.15,
     "optimizer": "sgd",
     "lr": 0.01,
@@ -179,8 +185,42 @@ class KeySliceSamples(torch.utils.data.Dataset):
             image = image.flip(-1)
             boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
         if self.config["model"] == "faster_rcnn":
+            if int(self.config["train_crop"]) > 0:
+                image, boxes = self._network_scale_crop(image, boxes)
             return image, {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
         return regressor_input(image, self.config), boxes[0] / torch.tensor([width, height, width, height])
+
+
+    def _network_scale_crop(self, image: torch.Tensor, boxes: torch.Tensor):
+        """Scale as the network's transform would (it is told to skip resizing in training), then,
+        for training, a random train_crop square holding one of the lesions whole."""
+        scale = int(self.config["image_size"]) / max(image.shape[-2:])
+        if scale != 1:
+            image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                                  recompute_scale_factor=False)[0]
+            boxes = boxes * scale
+        if not self.train:
+            return image, boxes
+        height, width = image.shape[-2:]
+        crop_h, crop_w = min(int(self.config["train_crop"]), height), min(int(self.config["train_crop"]), width)
+        x0, y0, x1, y1 = boxes[int(torch.randint(len(boxes), ()))].tolist()
+        left = _random_start(x1 - crop_w, x0, width - crop_w)
+        top = _random_start(y1 - crop_h, y0, height - crop_h)
+        image = image[:, top:top + crop_h, left:left + crop_w]
+        boxes = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, crop_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, crop_h)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
+        return image.contiguous(), boxes[keep]
+
+
+def _random_start(lowest: float, highest: float, limit: int) -> int:
+    """A random crop start in [lowest, highest] (the crop then holds the box) within [0, limit]."""
+    lo = max(0, int(np.ceil(lowest)))
+    hi = min(limit, int(np.floor(highest)))
+    if hi < lo:  # box larger than the crop: centre on it
+        return int(np.clip(round((lowest + highest) / 2), 0, limit))
+    return int(torch.randint(lo, hi + 1, ()))
 
 
 def regressor_input(image: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:

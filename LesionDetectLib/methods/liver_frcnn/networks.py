@@ -89,7 +89,12 @@ def build_faster_rcnn(config: dict[str, Any], pretrained: bool) -> nn.Module:
         rpn_pre_nms_top_n_test=int(config["rpn_proposals_test"]),
         rpn_post_nms_top_n_test=int(config["rpn_proposals_test"]),
         box_score_thresh=float(config["min_score"]), box_nms_thresh=float(config["slice_nms_iou"]),
-        box_detections_per_img=int(config["detections_per_slice"]))
+        box_detections_per_img=int(config["detections_per_slice"]),
+        box_batch_size_per_image=int(config["roi_samples_per_image"]))
+    if int(config.get("train_crop", 0)) > 0:
+        # training crops arrive already at the network's scale (KeySliceSamples); resizing them
+        # would magnify them.  torchvision's own switch for this, honoured in training mode only.
+        model.transform._skip_resize = True
     if pretrained:
         _load_frcnn_pretrained(model, config)
     return model
