@@ -436,3 +436,17 @@ def test_training_crops_hold_a_lesion_at_network_scale(tmp_path):
     assert val.shape == (3, 96, 112)  # validation: scaled, not cropped
     model = method.build_model({**cfg, **{k: v for k, v in TINY.items() if k != "image_size"}})
     assert model.transform._skip_resize
+
+
+def test_a_flipped_grid_gives_the_same_physical_box():
+    image, _ = liver_volume(np.random.default_rng(8), shape=(12, 48, 56))
+    flipped = sitk.Flip(image, [True, True, False])  # same voxels in space, stored right-to-left, back-to-front
+    assert flipped.GetDirection()[0] == -1
+    method = get_method("liver-frcnn")
+    card = ModelCard(method="liver-frcnn", modality="CT", config={**method.defaults, **TINY}, thresholds={"score": 0.5})
+    plain = method.predict(DarkBlobDetector(), card, image, torch.device("cpu"))
+    other = method.predict(DarkBlobDetector(), card, flipped, torch.device("cpu"))
+    assert len(plain.boxes) == len(other.boxes) == 1
+    np.testing.assert_allclose(np.sort(other.boxes[0].corners(), axis=0), np.sort(plain.boxes[0].corners(), axis=0),
+                               atol=1e-6)
+    assert other.geometry == Geometry.of(flipped)  # the prediction keeps the input's grid

@@ -50,6 +50,7 @@ def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str
         k = hu.shape[0] // 2
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
         ax.imshow(hu[k], cmap="gray", vmin=-160, vmax=240)
+        _radiological(ax, geometry)
         ax.set_title(f"{title}: no boxes (slice {k})", fontsize=8)
         ax.axis("off")
         fig.savefig(path)
@@ -72,10 +73,22 @@ def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str
         c = np.round(written.center, 1)
         ax.set_title(f"slice {k} (z {lo[2] + 0.5:.0f}-{hi[2] - 0.5:.0f}) score {written.score:.2f}\n"
                      f"LPS {c[0]}, {c[1]}, {c[2]} mm", fontsize=8)
+    for ax in axes.ravel():  # radiological view: anterior up, patient's left on the right of the screen
+        _radiological(ax, geometry)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _radiological(ax, geometry: Geometry) -> None:
+    """Flip the axes (not the data, so pixel rectangles stay valid) where the image's i or j
+    axis points against LPS x (to the patient's left) or y (posterior)."""
+    direction = np.reshape(geometry.direction, (3, 3))
+    if direction[0, 0] < 0:
+        ax.invert_xaxis()
+    if direction[1, 1] < 0:
+        ax.invert_yaxis()
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,9 @@ Pretrained weights: `"pretrained": true` (or `--weights FILE`) loads torchvision
 (`"pretrained_source": "coco"` for the COCO R50-FPN detector) from $TORCH_HOME/hub/checkpoints;
 otherwise random initialisation.
 
-Inference (`lesiondetect infer`) runs the detector over all slices (or `--set slices=a:b`),
+Inference (`lesiondetect infer`) reorients the CT to LPS axial slices (sitk.DICOMOrient; slice
+indices and 2-D boxes below refer to that grid, which for an axial series stored from feet
+to head is the input's own z), runs the detector over all slices (or `--set slices=a:b`),
 `slice_batch` slices at a time, links overlapping boxes on consecutive slices into 3-D lesion
 boxes (volume.py), suppresses overlapping 3-D boxes and writes ROI boxes in physical (LPS)
 coordinates; each box's `extra` holds its per-slice 2-D boxes.  Boxes scoring below the card's
@@ -389,8 +391,12 @@ class LiverFasterRCNN(Method):
                                     "where no lesion is; run whole-volume detection with a faster_rcnn model, and "
                                     "measure baselines with `lesiondetect evaluate`")
         image = require_scalar_volume(image)
-        geometry = Geometry.of(image)
-        hu = sitk.GetArrayViewFromImage(image)  # a view: slices are windowed a few at a time
+        # Detect on axial slices seen as in training (DeepLesion: anterior up, patient's left
+        # on the right): a NIfTI stored RAS or a sagittal series is reoriented first.  Boxes are
+        # physical, so they fit the input whatever grid found them.
+        oriented = sitk.DICOMOrient(image, "LPS")
+        geometry = Geometry.of(oriented)
+        hu = sitk.GetArrayViewFromImage(oriented)  # a view: slices are windowed a few at a time
         try:
             chosen = parse_slice_range(slices, hu.shape[0])
         except ValueError as exc:
@@ -411,7 +417,7 @@ class LiverFasterRCNN(Method):
                                 parameters={"threshold": threshold, "slices": [chosen[0], chosen[-1]],
                                             "window": config["window"], "neighbour_mm": config["neighbour_mm"],
                                             "backbone": config["backbone"]})
-        return Prediction(geometry=geometry, provenance=provenance, threshold=threshold, boxes=boxes)
+        return Prediction(geometry=Geometry.of(image), provenance=provenance, threshold=threshold, boxes=boxes)
 
     def evaluate(self, model, card, dataset, device, split="test", **options):
         cases = evaluation_cases(dataset, split)
