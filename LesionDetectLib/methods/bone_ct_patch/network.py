@@ -76,6 +76,10 @@ class PatchNet(nn.Module):
             raise LesionDetectError(f"patch_pixels must be a multiple of 32 (VGG-16 pools five times), not {pixels}")
         self.encoder = HUEncoder(config["encoding"], config["grey_window"], config["windows_3c"])
         self.features = make_layers(vgg_layer_config(float(config.get("width", 1.0))))
+        for conv in self.features:
+            if isinstance(conv, nn.Conv2d):  # torchvision VGG's initialisation (He, fan-out): without
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # it, 13 layers
+                nn.init.zeros_(conv.bias)  # shrink the signal and training from scratch stalls
         channels = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
         hidden = [int(h) for h in config["fc_hidden"]]
         f = pixels // 32
