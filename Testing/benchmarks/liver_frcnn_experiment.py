@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     eval_s = time.perf_counter() - t0
     print(method.report(metrics))
     args.results.mkdir(parents=True, exist_ok=True)
-    plot_froc(metrics, args.work / f"froc_{tag}.png", title=f"liver-frcnn {tag}, held-out synthetic liver CT")
+    if "curve" in metrics:
+        plot_froc(metrics, args.work / f"froc_{tag}.png", title=f"liver-frcnn {tag}, held-out synthetic liver CT")
     record = {
         "command": " ".join([".venv/bin/python", "Testing/benchmarks/liver_frcnn_experiment.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -67,8 +68,7 @@ def main(argv=None) -> int:
         "epochs_done": len(card.training.get("history", [])), "history": card.training.get("history"),
         "train_seconds": card.training.get("seconds", round(train_s, 1)), "eval_seconds": round(eval_s, 1),
         "threshold_at_1fp_on_val": card.thresholds.get("score"),
-        "froc": metrics["froc"], "froc_mean": metrics["froc_mean"], "lesions": metrics["lesions"],
-        "images": metrics["images"], "top1_iou_0.1_sensitivity": metrics["top1_iou_0.1_sensitivity"],
+        "metrics": {k: v for k, v in metrics.items() if k != "curve"},
     }
     out = args.results / f"liver-frcnn_{tag}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -5,7 +5,8 @@
 Runs whole-volume detection on the contrast CT with colorectal liver metastases
 (../shared/data/realistic_inputs/mirp_crlm_1004_ct_dicom, no lesion mask) and on the
 whole-body CT (totalsegmentator_example_ct.nii.gz), writes each Prediction (boxes.mrk.json
-opens in Slicer) and PNG overlays: for every box, its best slice in the abdominal window with
+opens in Slicer) and PNG overlays on the LPS-oriented slices the detector saw (anterior up,
+patient's left on the right): for every box, its best slice in the abdominal window with
 (red) the detector's 2-D box and (yellow, dashed) the 3-D box read back from the written
 .mrk.json, physical LPS corners mapped into the slice with the image's geometry.  Where the
 two rectangles coincide, the physical coordinates are right.  A summary is printed and
@@ -43,6 +44,7 @@ def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    image = sitk.DICOMOrient(image, "LPS")  # the grid the detector's 2-D boxes refer to (radiological view)
     hu = sitk.GetArrayViewFromImage(image)
     geometry = Geometry.of(image)
     shown = list(zip(boxes_written, boxes_pred))[:per_page]
@@ -50,7 +52,6 @@ def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str
         k = hu.shape[0] // 2
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
         ax.imshow(hu[k], cmap="gray", vmin=-160, vmax=240)
-        _radiological(ax, geometry)
         ax.set_title(f"{title}: no boxes (slice {k})", fontsize=8)
         ax.axis("off")
         fig.savefig(path)
@@ -73,22 +74,10 @@ def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str
         c = np.round(written.center, 1)
         ax.set_title(f"slice {k} (z {lo[2] + 0.5:.0f}-{hi[2] - 0.5:.0f}) score {written.score:.2f}\n"
                      f"LPS {c[0]}, {c[1]}, {c[2]} mm", fontsize=8)
-    for ax in axes.ravel():  # radiological view: anterior up, patient's left on the right of the screen
-        _radiological(ax, geometry)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _radiological(ax, geometry: Geometry) -> None:
-    """Flip the axes (not the data, so pixel rectangles stay valid) where the image's i or j
-    axis points against LPS x (to the patient's left) or y (posterior)."""
-    direction = np.reshape(geometry.direction, (3, 3))
-    if direction[0, 0] < 0:
-        ax.invert_xaxis()
-    if direction[1, 1] < 0:
-        ax.invert_yaxis()
 
 
 def main(argv=None) -> int:
@@ -96,6 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--threshold", type=float, help="score threshold (default: the model card's)")
+    ap.add_argument("--redraw", action="store_true", help="only redraw the overlays from boxes written before")
     args = ap.parse_args(argv)
     method, model, card, device = load_trained(args.model, device="cpu")
     lines = [f"# liver-frcnn on real CT ({card.model_id}, threshold "
@@ -105,6 +95,10 @@ def main(argv=None) -> int:
             print(f"skipped {name}: {path} not found")
             continue
         image = read_volume(path)
+        if args.redraw:
+            boxes = read_boxes(args.out / name / "boxes.mrk.json")
+            overlay(image, boxes, boxes, args.out / f"{name}.png", f"{name}: {len(boxes)} boxes")
+            continue
         t0 = time.perf_counter()
         options = {} if args.threshold is None else {"threshold": args.threshold}
         pred = method.predict(model, card, image, device, **options)
@@ -120,7 +114,8 @@ def main(argv=None) -> int:
                      f"{seconds:.1f} s; scores {', '.join(f'{b.score:.2f}' for b in pred.boxes[:12])}; "
                      f"overlay {png.name}")
     text = "\n".join(lines) + "\n"
-    (args.out / "summary.md").write_text(text)
+    if not args.redraw:
+        (args.out / "summary.md").write_text(text)
     print(text)
     return 0
 
