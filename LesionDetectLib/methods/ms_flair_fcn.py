@@ -31,7 +31,8 @@ Pipeline (one path for training, calibration, inference and evaluation):
    - "paper": six convolutions 20 (5x5), 20 (7x7), 40 (9x9), 60 (7x7), 20 (5x5), 1 (5x5),
      same padding, PReLU between, sigmoid out, trained with MSE (`Resources/configs/
      ms-flair-fcn/paper-sgd.json` is the paper's SGD lr 1e-5, momentum 0.9, batch 100;
-     `paper.json` the same network with Adam, which converges in the budget here).
+     `paper.json` the same network with Adam).  Measured here (README): in the 30-60 steps
+     tried, both stay at or fall into the all-zero output, whose MSE is the lesion fraction.
    - "unet" (the default, the stronger model): a small 2-D U-Net (3 levels, base 16
      channels, batch norm) reading the slice and its two neighbours (context_slices 1),
      trained with BCE + soft Dice.
