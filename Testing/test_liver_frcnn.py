@@ -450,3 +450,23 @@ def test_a_flipped_grid_gives_the_same_physical_box():
     np.testing.assert_allclose(np.sort(other.boxes[0].corners(), axis=0), np.sort(plain.boxes[0].corners(), axis=0),
                                atol=1e-6)
     assert other.geometry == Geometry.of(flipped)  # the prediction keeps the input's grid
+
+
+def test_key_slices_come_from_3d_boxes_when_a_case_has_none(tmp_path):
+    """A corrected export from Slicer has ROI boxes but no key-slice list: the trainer derives
+    the key slices (slice through each box centre, projected extent) exactly as synth writes them."""
+    from LesionDetectLib import synth
+    from LesionDetectLib.dataset import load_dataset
+    from LesionDetectLib.methods.liver_frcnn import key_slices, key_slices_from_boxes
+
+    case = load_dataset(synth.generate("liver-ct", tmp_path / "ds", cases=1, seed=0, size="small")).cases[0]
+    written = {e["lesion"]: e for e in case.extra["key_slices"]}
+    derived = key_slices_from_boxes(case)
+    assert derived
+    for entry in derived:
+        want = written[entry["lesion"]]
+        assert entry["slice"] == want["slice"]
+        np.testing.assert_allclose(entry["box"], want["box"], atol=1e-4)
+    case.extra.pop("key_slices")
+    assert key_slices(case) == {e["slice"]: [e["box"]] for e in derived} or sorted(key_slices(case)) == sorted(
+        {e["slice"] for e in derived})

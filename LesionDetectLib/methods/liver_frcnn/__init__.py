@@ -124,9 +124,15 @@ DEFAULTS: dict[str, Any] = {
 # --- samples --------------------------------------------------------------------------------
 
 def key_slices(case: Case) -> dict[int, list[list[float]]]:
-    """{slice index: [box, ...]} of a case's DeepLesion-style key-slice annotations."""
+    """{slice index: [box, ...]} of a case's DeepLesion-style key-slice annotations.
+
+    Cases without "key_slices" but with 3-D boxes (e.g. exported from Slicer after an
+    annotator corrected them) get one key slice per box: the slice through its centre."""
     out: dict[int, list[list[float]]] = defaultdict(list)
-    for entry in case.extra.get("key_slices") or []:
+    entries = case.extra.get("key_slices")
+    if not entries and case.boxes is not None:
+        entries = key_slices_from_boxes(case)
+    for entry in entries or []:
         try:
             k, box = int(entry["slice"]), [float(v) for v in entry["box"]]
         except (KeyError, TypeError, ValueError):
@@ -137,6 +143,30 @@ def key_slices(case: Case) -> dict[int, list[list[float]]]:
                                           "with x1 > x0 and y1 > y0")
         out[k].append(box)
     return dict(out)
+
+
+def key_slices_from_boxes(case: Case) -> list[dict[str, Any]]:
+    """Key-slice entries for a case's 3-D ROI boxes: the slice nearest each box centre and the
+    box's pixel extent there (its corners projected onto the image grid; pixel coordinates
+    put voxel i on [i, i + 1), as the key-slice boxes of the synthetic studies do)."""
+    from ... import markups
+    from ...geometry import Geometry
+    from ...io import read_image
+
+    geometry = Geometry.of(read_image(case.image))
+    entries = []
+    for n, box in enumerate(markups.read_boxes(case.boxes)):
+        corners = geometry.lps_to_index(box.corners())  # (8, 3) continuous (x, y, z) indices
+        lo, hi = corners.min(axis=0) + 0.5, corners.max(axis=0) + 0.5
+        k = int(round(float(geometry.lps_to_index(box.center)[2])))
+        if hi[0] > lo[0] and hi[1] > lo[1] and 0 <= k < geometry.size[2]:
+            entries.append({"slice": k, "box": [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])],
+                            "lesion": n + 1})
+    return entries
+
+
+def has_key_slices(case: Case) -> bool:
+    return bool(case.extra.get("key_slices")) or case.boxes is not None
 
 
 def read_ct(path) -> np.ndarray:
@@ -236,7 +266,7 @@ def regressor_input(image: torch.Tensor, config: dict[str, Any]) -> torch.Tensor
 def split_cases(dataset: Dataset, config: dict[str, Any], seed: int) -> tuple[list[Case], list[Case]]:
     """(train, validation) cases with key slices: the dataset's own split when it has one,
     otherwise by patient; test cases are never used."""
-    labelled = [c for c in dataset.cases if c.extra.get("key_slices")]
+    labelled = [c for c in dataset.cases if has_key_slices(c)]
     if any(c.split for c in labelled):
         return ([c for c in labelled if c.split == "train"],
                 [c for c in labelled if c.split in ("val", "validation")])
@@ -248,7 +278,7 @@ def split_cases(dataset: Dataset, config: dict[str, Any], seed: int) -> tuple[li
 
 
 def evaluation_cases(dataset: Dataset, split: str) -> list[Case]:
-    cases = [c for c in dataset.cases if c.extra.get("key_slices")]
+    cases = [c for c in dataset.cases if has_key_slices(c)]
     if split == "all" or not any(c.split for c in cases):
         return cases
     chosen = [c for c in cases if c.split == split]
