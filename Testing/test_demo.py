@@ -30,3 +30,18 @@ def test_demo_without_bundle(tmp_path, run_cli):
     assert code == 0, err
     assert (tmp_path / "d" / "prediction" / "prediction.json").exists()
     assert not (tmp_path / "d" / "LesionDetectDemo.mrb").exists()
+
+
+def test_infer_with_shipped_model_writes_a_bundle(tmp_path, run_cli):
+    """`lesiondetect infer --method ms-flair-fcn --input IMG --out DIR --mrb X.mrb`, as in Slicer's batch use."""
+    pytest.importorskip("slicer")
+    from LesionDetectLib import synth
+    from LesionDetectLib.dataset import load_dataset
+
+    case = load_dataset(synth.generate("ms-flair", tmp_path / "s", cases=1, seed=3, size="small")).cases[0]
+    code, out, err = run_cli("infer", "--method", "ms-flair-fcn", "--input", case.image, "--out", tmp_path / "p",
+                             "--mrb", tmp_path / "p.mrb")
+    assert code == 0, err
+    assert (tmp_path / "p.mrb").stat().st_size > 1000 and "scene bundle" in out
+    pred = read_prediction(tmp_path / "p")
+    assert pred.probability is not None and pred.provenance.method == "ms-flair-fcn"
