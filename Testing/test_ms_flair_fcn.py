@@ -161,6 +161,18 @@ def test_unet_accepts_any_slice_size():
         assert net(torch.randn(1, 3, 45, 61)).shape == (1, 1, 45, 61)
 
 
+def test_unet_group_norm_option_uses_per_image_statistics():
+    config = {**msf.MSFlairFCN.defaults, "unet_base": 4, "unet_depth": 2, "unet_norm": "group"}
+    net = msf.build_network(config).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in net.modules()) == 2 * 5  # two per double convolution
+    x = torch.randn(2, 3, 24, 24)
+    with torch.inference_mode():  # an image's output does not depend on the others in the batch
+        assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-5)
+    with pytest.raises(msf.LesionDetectError, match="unet_norm"):
+        msf.build_network({**config, "unet_norm": "layer"})
+
+
 def test_fmax_threshold_is_the_exhaustive_best():
     from sklearn.metrics import f1_score, precision_recall_curve
 
@@ -249,6 +261,23 @@ def test_case_tiles_one_third_negatives_preferring_bright_areas():
     assert all(s > 0.1 for s in negative_rows)  # drawn from the high-contrast band
 
 
+def test_tile_set_draws_a_fixed_number_with_the_asked_lesion_share():
+    images = np.zeros((10, 1, 12, 12), np.float32)
+    labels = np.zeros((10, 12, 12), np.uint8)
+    labels[:2, 6, 6] = 1  # 2 lesion tiles, 8 lesion-free
+    plain = msf.TileSet(images, labels, 8, augment=True, intensity=0.0)
+    assert len(plain) == 10  # no draws: one pass over the tiles
+    np.random.seed(0)
+    fixed = msf.TileSet(images, labels, 8, augment=True, intensity=0.0, draws=2000, lesion_fraction=0.5)
+    assert len(fixed) == 2000
+    share = np.mean([bool(fixed[i][1].any()) for i in range(2000)])
+    assert 0.45 < share < 0.55  # 0.2 without oversampling
+    natural = msf.TileSet(images, labels, 8, augment=True, intensity=0.0, draws=2000)
+    assert 0.15 < np.mean([bool(natural[i][1].any()) for i in range(2000)]) < 0.25
+    only_negatives = msf.TileSet(images[2:], labels[2:], 8, augment=True, intensity=0.0, draws=50, lesion_fraction=0.5)
+    assert not any(only_negatives[i][1].any() for i in range(50))
+
+
 # --- end to end on tiny synthetic data ------------------------------------------------------
 
 def write_tiny_dataset(root, n=3):
@@ -283,7 +312,8 @@ def test_train_infer_evaluate_end_to_end(tmp_path, run_cli, extra):
     data = write_tiny_dataset(tmp_path / "ds")
     model = tmp_path / "model"
     code, out, err = run_cli("train", "--method", "ms-flair-fcn", "--data", data, "--out", model, "--epochs", "1",
-                             "--set", "tile_size=16", "--set", "tile_jitter=2", "--set", "batch_size=8", *extra)
+                             "--set", "tile_size=16", "--set", "tile_jitter=2", "--set", "batch_size=8",
+                             "--set", "tiles_per_epoch=32", *extra)
     assert code == 0, err
     card = json.loads((model / "model.json").read_text())
     assert 0 < card["thresholds"]["pixel"] <= 1

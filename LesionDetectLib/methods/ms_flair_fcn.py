@@ -26,7 +26,11 @@ Pipeline (one path for training, calibration, inference and evaluation):
    brightness x contrast (99th percentile x standard deviation), which prefers the bright,
    high-contrast areas (skull, eyes, sinuses, cortex) that cause false positives.  Tiles are
    cut once with a margin and kept in memory; each epoch takes a random crop inside the
-   margin and a random flip/transpose.
+   margin and a random flip/transpose.  By default an epoch is one pass over the tiles, so
+   the number of optimiser steps follows the training cases' lesion load; tiles_per_epoch
+   makes it a fixed number of random draws instead, lesion_tile_fraction of them lesion
+   tiles (oversampling).  Measured on the real leave-one-case-out (README) these did not
+   beat the default.
 4. Networks (`architecture`):
    - "paper": six convolutions 20 (5x5), 20 (7x7), 40 (9x9), 60 (7x7), 20 (5x5), 1 (5x5),
      same padding, PReLU between, sigmoid out, trained with MSE (`Resources/configs/
@@ -34,8 +38,8 @@ Pipeline (one path for training, calibration, inference and evaluation):
      `paper.json` the same network with Adam).  Measured here (README): in the 30-60 steps
      tried, both stay at or fall into the all-zero output, whose MSE is the lesion fraction.
    - "unet" (the default, the stronger model): a small 2-D U-Net (3 levels, base 16
-     channels, batch norm) reading the slice and its two neighbours (context_slices 1),
-     trained with BCE + soft Dice.
+     channels, batch norm; unet_norm "group" for group norm) reading the slice and its two
+     neighbours (context_slices 1), trained with BCE + soft Dice.
 5. Threshold: the one maximising pixel F over every pixel of the full training slices (not
    tiles), searched exhaustively over all distinct probability values
    (sklearn.metrics.precision_recall_curve), stored in the model card as thresholds["pixel"].
@@ -95,21 +99,29 @@ class PaperFCN(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":  # per-image statistics: no train (tiles) / test (whole slices) mismatch
+        return nn.GroupNorm(min(8, channels), channels)
+    raise LesionDetectError(f"unknown unet_norm {kind!r}; use batch or group")
+
+
+def _double_conv(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True))
 
 
 class UNet2D(nn.Module):
     """A small 2-D U-Net; inputs of any size (padded to a multiple of 2**depth inside)."""
 
-    def __init__(self, in_channels: int = 3, base: int = 16, depth: int = 3):
+    def __init__(self, in_channels: int = 3, base: int = 16, depth: int = 3, norm: str = "batch"):
         super().__init__()
         widths = [base * 2 ** d for d in range(depth + 1)]
-        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])] +
-                                  [_double_conv(widths[d - 1], widths[d]) for d in range(1, depth + 1)])
+        self.down = nn.ModuleList([_double_conv(in_channels, widths[0], norm)] +
+                                  [_double_conv(widths[d - 1], widths[d], norm) for d in range(1, depth + 1)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[d + 1], widths[d], 2, stride=2) for d in range(depth)])
-        self.merge = nn.ModuleList([_double_conv(2 * widths[d], widths[d]) for d in range(depth)])
+        self.merge = nn.ModuleList([_double_conv(2 * widths[d], widths[d], norm) for d in range(depth)])
         self.head = nn.Conv2d(widths[0], 1, 1)
         self.multiple = 2 ** depth
 
@@ -138,7 +150,7 @@ def build_network(config: dict[str, Any]) -> nn.Module:
     if config["architecture"] == "paper":
         net = PaperFCN(channels)
     elif config["architecture"] == "unet":
-        net = UNet2D(channels, int(config["unet_base"]), int(config["unet_depth"]))
+        net = UNet2D(channels, int(config["unet_base"]), int(config["unet_depth"]), config["unet_norm"])
     else:
         raise LesionDetectError(f"unknown architecture {config['architecture']!r}; use paper or unet")
     if config["loss"] not in ("mse", "bce_dice"):
@@ -242,16 +254,35 @@ def slice_stack(volume: np.ndarray, z: np.ndarray | list[int], context: int) -> 
 # --- training tiles ---------------------------------------------------------------------
 
 class TileSet(torch.utils.data.Dataset):
-    """Tiles cut with a margin, kept in memory; random crop + flips per draw when augmenting."""
+    """Tiles cut with a margin, kept in memory; random crop + flips per draw when augmenting.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, tile: int, augment: bool, intensity: float):
+    With `draws` set, an epoch is that many random draws instead of one pass over the tiles
+    (so the number of optimiser steps no longer depends on how many lesions the training
+    cases happen to hold), and `lesion_fraction` of the draws are lesion tiles whatever
+    their share of the stored tiles (lesion oversampling)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, tile: int, augment: bool, intensity: float,
+                 draws: int | None = None, lesion_fraction: float | None = None):
         self.images, self.labels = images, labels
         self.tile, self.augment, self.intensity = tile, augment, intensity
+        self.draws, self.lesion_fraction = draws, lesion_fraction
+        has_lesion = labels.reshape(len(labels), -1).any(axis=1) if len(labels) else np.zeros(0, bool)
+        self.positive, self.negative = np.nonzero(has_lesion)[0], np.nonzero(~has_lesion)[0]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.draws is None or not len(self.images) else int(self.draws)
+
+    def _pick(self, i: int) -> int:
+        if self.draws is None:
+            return i
+        if self.lesion_fraction is None or not len(self.positive) or not len(self.negative):
+            pool = np.arange(len(self.images))
+        else:
+            pool = self.positive if np.random.rand() < self.lesion_fraction else self.negative
+        return int(pool[np.random.randint(len(pool))])
 
     def __getitem__(self, i: int):
+        i = self._pick(i)
         image, label = self.images[i], self.labels[i]
         margin = (image.shape[-1] - self.tile) // 2
         if self.augment:
@@ -356,10 +387,13 @@ class MSFlairFCN(Method):
         "context_slices": 1,  # neighbouring slices on each side read as extra channels
         "unet_base": 16,
         "unet_depth": 3,
+        "unet_norm": "batch",  # "batch" | "group"
         "spacing_mm": 1.0,  # model pixel spacing; inputs are resampled to it
         "tile_size": 64,
         "tile_jitter": 8,  # margin for random crops (pixels)
         "negative_ratio": 1.0,  # lesion-free tiles per lesion tile (the paper's 0.5 = one third of all)
+        "tiles_per_epoch": None,  # random draws per epoch (a fixed step count); None = one pass over all tiles
+        "lesion_tile_fraction": None,  # share of draws that are lesion tiles; None = their share of the tiles
         "intensity_augment": 0.15,
         "loss": "bce_dice",  # "mse" (paper) | "bce_dice"
         "optimizer": "adam",
@@ -414,8 +448,12 @@ class MSFlairFCN(Method):
                 size = int(config["tile_size"]) + 2 * int(config["tile_jitter"])
                 return TileSet(np.zeros((0, 1, size, size), np.float32), np.zeros((0, size, size), np.uint8),
                                int(config["tile_size"]), augment, 0.0)
+            draws = config.get("tiles_per_epoch") if augment else None
+            fraction = config.get("lesion_tile_fraction")
             return TileSet(np.stack(images), np.stack(labels), int(config["tile_size"]), augment,
-                           float(config["intensity_augment"]) if augment else 0.0)
+                           float(config["intensity_augment"]) if augment else 0.0,
+                           draws=None if draws is None else int(draws),
+                           lesion_fraction=None if fraction is None else float(fraction))
 
         return tiles(train_cases, True), (tiles(val_cases, False) if val_cases else None)
 

@@ -8,6 +8,11 @@ once with the default model (small 2.5-D U-Net) and once with the paper's networ
 evaluate code.  Thresholds are chosen on the training cases only (F-max on their full
 slices).  Results: Resources/benchmarks/ms_flair_loo.json and .md (per case, mean; the
 paper's best test pixel F was 0.55).  Models are kept in --work; a rerun reuses them.
+
+Experiments: --models default --default-config C trains the default model with config C
+(labelled "default (2.5-D U-Net) + C" in the results); --cases X runs only the fold that
+tests on X, so folds can run as separate processes (--out to a scratch file), and a final
+--evaluate-only run collects them into one results file.
 """
 
 from __future__ import annotations
@@ -49,20 +54,27 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="train nothing: evaluate the fold models already in --work, skip the missing ones")
+    parser.add_argument("--models", nargs="+", choices=("default", "paper"), default=("default", "paper"))
+    parser.add_argument("--cases", nargs="+", help="test only these cases (default: every case)")
+    parser.add_argument("--default-config", help="a config file for the default model (experiments)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data, work = Path(args.data), Path(args.work)
     cases = sorted(p.name for p in data.iterdir() if (p / "flair.nii.gz").exists())
     rows = []
-    for label, config in MODELS.items():
-        for test in cases:
+    default_config = args.default_config
+    chosen = {(f"{label} + {Path(default_config).name}" if config is None and default_config else label): config
+              for label, config in MODELS.items() if ("default" if config is None else "paper") in args.models}
+    for label, config in chosen.items():
+        for test in args.cases or cases:
             folder = fold_dataset(data, cases, test, work)
             model_dir = folder / ("model_default" if config is None else f"model_{Path(config).stem}")
             t0 = time.perf_counter()
             if not (model_dir / "model.json").exists():
                 if args.evaluate_only:
                     continue
-                train("ms-flair-fcn", folder, model_dir, config_path=config, device="cpu", resume=True)
+                train("ms-flair-fcn", folder, model_dir, config_path=default_config if config is None else config,
+                      device="cpu", resume=True)
             method, model, card, device = load_trained(model_dir, device="cpu")
             metrics = method.evaluate(model, card, load_dataset(folder), device, split="test")
             case = metrics["cases"][0]
@@ -73,11 +85,12 @@ def main(argv=None) -> int:
                          "wall_seconds": round(time.perf_counter() - t0, 1)})
             print(f"{label:24s} {test:28s} " + " ".join(f"{k}={case[k]:.3f}" for k in KEYS), flush=True)
     means = []
-    for label in MODELS:
+    for label in chosen:
         mine = [r for r in rows if r["model"] == label]
         if mine:
             means.append({"model": label, "folds": len(mine), **{k: sum(r[k] for r in mine) / len(mine) for k in KEYS}})
-    result = {"command": "python Testing/benchmarks/ms_flair_loo.py", "machine": f"{platform.machine()}, "
+    command = " ".join(["python Testing/benchmarks/ms_flair_loo.py", *(sys.argv[1:] if argv is None else argv)])
+    result = {"command": command, "machine": f"{platform.machine()}, "
               f"{torch.get_num_threads()} torch threads, torch {torch.__version__}", "cases": cases, "rows": rows,
               "means": means, "paper_pixel_f": 0.55}
     out = Path(args.out)
