@@ -10,7 +10,7 @@ slices).  Results: Resources/benchmarks/ms_flair_loo.json and .md (per case, mea
 paper's best test pixel F was 0.55).  Models are kept in --work; a rerun reuses them.
 
 Experiments: --models default --default-config C trains the default model with config C
-(labelled "default (2.5-D U-Net) + C" in the results); --cases X runs only the fold that
+(labelled "defaults + C" in the results); --cases X runs only the fold that
 tests on X, so folds can run as separate processes (--out to a scratch file), and a final
 --evaluate-only run collects them into one results file.
 """
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     cases = sorted(p.name for p in data.iterdir() if (p / "flair.nii.gz").exists())
     rows = []
     default_config = args.default_config
-    chosen = {(f"{label} + {Path(default_config).name}" if config is None and default_config else label): config
+    chosen = {(f"defaults + {Path(default_config).name}" if config is None and default_config else label): config
               for label, config in MODELS.items() if ("default" if config is None else "paper") in args.models}
     for label, config in chosen.items():
         for test in args.cases or cases:
