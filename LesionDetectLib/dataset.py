@@ -15,7 +15,6 @@ relative to dataset.json or absolute.  Any other keys (e.g. "key_slices", "class
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections import Counter, defaultdict
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LesionDetectError, input_error
-from .files import write_json
+from .files import read_json, write_json
 
 DATASET_FILE = "dataset.json"
 MODALITIES = ("CT", "MR", "NM")
@@ -77,10 +76,7 @@ def read_dataset_json(path: str | os.PathLike) -> tuple[Path, dict]:
     file = _dataset_json(path)
     if not file.exists():
         raise input_error(file, "not found: a dataset is a folder with a dataset.json")
-    try:
-        return file, json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise input_error(file, f"is not valid JSON ({exc})") from None
+    return file, read_json(file)
 
 
 def _structure_problems(doc: Any) -> list[str]:

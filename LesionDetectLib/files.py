@@ -53,6 +53,20 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             tmp_path.unlink()
 
 
+def read_json(path: str | os.PathLike, missing: str = "not found", invalid: str = "is not valid JSON"):
+    """Parse a JSON file.  A missing, unreadable or malformed file is one LesionDetectError
+    naming it: `missing` or `invalid (<parser's reason>)` say what that means to the caller."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise input_error(path, missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise input_error(path, f"{invalid} ({exc})") from None
+    except OSError as exc:
+        raise input_error(path, f"cannot be read ({exc.strerror})") from None
+
+
 def write_json(dest: str | os.PathLike, obj, overwrite: bool = False) -> Path:
     """Write `obj` as indented JSON atomically."""
     with atomic_path(dest, overwrite=overwrite) as tmp:

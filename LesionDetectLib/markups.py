@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import input_error
-from .files import write_json
+from .files import read_json, write_json
 from .geometry import lps_to_ras, ras_to_lps
 from .prediction import LesionBox, LesionPoint
 
@@ -176,14 +176,7 @@ def read_boxes(path: str | os.PathLike) -> list[LesionBox]:
 
 
 def _load(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise input_error(path, "not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise input_error(path, f"not a markups file: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise input_error(path, f"cannot be read ({exc.strerror})") from None
+    doc = read_json(path, invalid="not a markups file: not valid JSON")
     if not isinstance(doc, dict) or not _SCHEMA_PATTERN.match(str(doc.get("@schema", ""))):
         raise input_error(path, 'not a Slicer markups file: no "@schema" naming markups-schema-v1.x.y.json')
     markups = doc.get("markups")

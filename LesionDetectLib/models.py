@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LesionDetectError, input_error
-from .files import atomic_path, write_json
+from .files import atomic_path, read_json, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -76,10 +75,10 @@ def read_card(path: str | os.PathLike) -> tuple[Path, ModelCard]:
     card_path = path / CARD_FILE if path.is_dir() else path
     if not card_path.exists():
         raise input_error(path, f"is not a LesionDetect model (no {CARD_FILE} found)")
+    doc = read_json(card_path, invalid="is not a valid model card")
     try:
-        doc = json.loads(card_path.read_text(encoding="utf-8"))
         return card_path.parent, ModelCard(**doc)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+    except TypeError as exc:
         raise input_error(card_path, f"is not a valid model card ({exc})") from None
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io as _io
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import input_error
-from .files import atomic_path, refuse_existing, write_json, write_text
+from .files import atomic_path, read_json, refuse_existing, write_json, write_text
 from .geometry import Geometry
 
 MANIFEST = "prediction.json"
@@ -197,12 +196,8 @@ def read_prediction(out_dir: str | os.PathLike) -> Prediction:
 
     out = Path(out_dir)
     manifest_path = out / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise input_error(manifest_path, "not found: not a LesionDetect prediction folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise input_error(manifest_path, f"not valid JSON ({exc})") from None
+    manifest = read_json(manifest_path, missing="not found: not a LesionDetect prediction folder",
+                         invalid="not valid JSON")
     if manifest.get("format") != "lesiondetect-prediction":
         raise input_error(manifest_path, "is not a LesionDetect prediction manifest")
     files = manifest.get("files", {})
@@ -219,7 +214,7 @@ def read_prediction(out_dir: str | os.PathLike) -> Prediction:
     if "points" in files:
         pred.points = markups.read_points(out / files["points"])
     if "classes_json" in files:
-        pred.classes = [ClassResult(**c) for c in json.loads((out / files["classes_json"]).read_text())]
+        pred.classes = [ClassResult(**c) for c in read_json(out / files["classes_json"])]
     return pred
 
 

@@ -28,6 +28,7 @@ import torch
 
 from .dataset import load_dataset
 from .errors import LesionDetectError, input_error
+from .files import read_json
 from .models import ModelCard, save_model
 from .progress import progress, report
 
@@ -70,12 +71,7 @@ def read_config(path: str | os.PathLike | None) -> dict:
     if path is None:
         return {}
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise input_error(path, "config file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise input_error(path, f"is not valid JSON ({exc})") from None
+    doc = read_json(path, missing="config file not found")
     if not isinstance(doc, dict):
         raise input_error(path, "a config file must hold a JSON object")
     doc.pop("description", None)  # human notes in experiment configs
