@@ -35,6 +35,14 @@ from .progress import progress, report
 CHECKPOINT = "checkpoint.pt"
 
 
+# config keys of the shared trainer itself, beside each method's own defaults
+TRAINER_DEFAULTS: dict[str, Any] = {
+    # > 0: after the first epoch, cut `epochs` to what fits in this many minutes of training
+    # (the lr schedule ends with the cut run); the cut is recorded in the card's history
+    "time_limit_minutes": 0,
+}
+
+
 def select_device(name: str = "auto") -> torch.device:
     """'auto' takes CUDA when present, else the CPU; 'cuda' without a GPU is an error."""
     name = (name or "auto").lower()
@@ -113,7 +121,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     out = Path(out)
     if (out / "model.json").exists():
         raise input_error(out, "already holds a trained model; choose another --out")
-    config = merge_config(method.defaults, read_config(config_path), overrides)
+    config = merge_config(TRAINER_DEFAULTS, method.defaults, read_config(config_path), overrides)
     dataset = load_dataset(data)
     if dataset.modality != method.modality:
         raise input_error(data, f"is a {dataset.modality} dataset; method '{method.name}' needs {method.modality}")
@@ -140,8 +148,10 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         start_epoch, history = int(ckpt["epoch"]), json.loads(ckpt["history"])
     steps_per_epoch = max(1, len(loader))
     total_steps = epochs * steps_per_epoch
+    time_limit_s = 60.0 * float(config["time_limit_minutes"])
     t0 = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
+    epoch = start_epoch
+    while epoch < epochs:
         model.train()
         losses = []
         for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")):
@@ -163,6 +173,13 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         report((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f}")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                     "history": json.dumps(history)}, out / CHECKPOINT)
+        if time_limit_s and epoch == start_epoch:
+            # cut the run to the epochs that fit the time limit; the lr schedule ends with it
+            fit = start_epoch + max(1, int(time_limit_s / (time.perf_counter() - t0)))
+            if fit < epochs:
+                epochs, total_steps = fit, fit * steps_per_epoch
+                history[-1]["epochs_cut_to"] = fit
+        epoch += 1
     model.eval()
     thresholds = method.calibrate(model, dataset, config, dev)
     card = ModelCard(

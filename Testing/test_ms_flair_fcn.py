@@ -393,3 +393,15 @@ def test_shipped_model_on_a_held_out_real_case(shared_data, tmp_path):
     metrics = method.evaluate(model, card, load_dataset(tmp_path), device, split="all")
     assert metrics["lesion_sensitivity"] >= 2 / 3 and metrics["pixel_recall"] > 0.5
     assert metrics["cases"][0]["truth_lesions"] == 3
+
+
+def test_a_time_limit_cuts_the_epochs_after_the_first(tmp_path, run_cli):
+    data = write_tiny_dataset(tmp_path / "ds")
+    model = tmp_path / "model"
+    code, out, err = run_cli("train", "--method", "ms-flair-fcn", "--data", data, "--out", model, "--epochs", "5",
+                             "--set", "tile_size=16", "--set", "tile_jitter=2", "--set", "batch_size=8",
+                             "--set", "tiles_per_epoch=16", "--set", "unet_base=4", "--set", "unet_depth=2",
+                             "--set", "time_limit_minutes=0.000001")
+    assert code == 0, err
+    history = json.loads((model / "model.json").read_text())["training"]["history"]
+    assert len(history) == 1 and history[0]["epochs_cut_to"] == 1

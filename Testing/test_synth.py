@@ -62,6 +62,16 @@ def test_same_seed_gives_byte_identical_files(kind, tmp_path):
     assert tree_digest(c)[image.replace("_7_", "_8_")] != digest_a[image]
 
 
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    serial = synth.generate("liver-ct", tmp_path / "serial", cases=3, seed=4, size="small", preview=True)
+    parallel = synth.generate("liver-ct", tmp_path / "parallel", cases=3, seed=4, size="small", preview=True,
+                              jobs=2)
+    assert tree_digest(serial) == tree_digest(parallel)
+    with pytest.raises(LesionDetectError, match="--jobs"):
+        synth.generate("liver-ct", tmp_path / "none", cases=1, jobs=0)
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_case_is_the_same_in_memory_and_in_a_dataset(tmp_path):
     root = synth.generate("bone-ct", tmp_path / "d", cases=2, seed=1, size="small")
     case = synth.make_case("bone-ct", seed=1, index=1, size="small")

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="set a generator parameter, e.g. contrast=0.5 noise=2 skull_stripped=1 (repeatable)")
     p.add_argument("--preview", action="store_true", help="also write PNG montages under preview/")
+    p.add_argument("--jobs", type=int, default=1, help="make cases in this many processes (same files; default 1)")
     p.add_argument("--list-params", action="store_true", help="print the kind's parameters and defaults, then exit")
     p.set_defaults(func=run)
 
@@ -35,6 +36,6 @@ def run(args) -> int:
 
         raise LesionDetectError("synth: --out DIR is required")
     out = synth.generate(args.kind, args.out, cases=args.cases, seed=args.seed, size=args.size,
-                         params=parse_param_strings(args.param), preview=args.preview)
+                         params=parse_param_strings(args.param), preview=args.preview, jobs=args.jobs)
     print(f"{out}: {args.cases} synthetic {args.kind} case(s), seed {args.seed}, size {args.size}")
     return 0

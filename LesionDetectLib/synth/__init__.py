@@ -86,28 +86,45 @@ def write_case(case: SynthCase, root: Path) -> dict[str, Any]:
     return entry
 
 
+def _make_and_write(kind: str, seed: int, index: int, size: str, values: dict[str, Any], out: Path,
+                    preview: bool) -> tuple[dict[str, Any], Any]:
+    """One case made and written (a process-pool task; cases depend only on (seed, index))."""
+    case = make_case(kind, seed, index, size, values)
+    entry = write_case(case, out)
+    if preview:
+        from .preview import save_preview
+
+        save_preview(case, out / "preview" / f"{case.id}.png", _generator(kind).WINDOW, title=kind)
+    return entry, case.mask_labels
+
+
 def generate(kind: str, out: str | os.PathLike, cases: int = 4, seed: int = 0, size: str = "small",
-             params: dict[str, Any] | None = None, preview: bool = False) -> Path:
+             params: dict[str, Any] | None = None, preview: bool = False, jobs: int = 1) -> Path:
     """Write a whole synthetic dataset (dataset.json + files) into the new or empty folder
     `out`; returns `out`.  dataset.json's "generator" key records everything needed to make
-    it again."""
+    it again.  `jobs` > 1 makes cases in that many processes; the files are the same."""
     gen = _generator(kind)
     out = Path(out)
     if cases < 1:
         raise LesionDetectError(f"--cases must be at least 1 (got {cases})")
+    if jobs < 1:
+        raise LesionDetectError(f"--jobs must be at least 1 (got {jobs})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise input_error(out, "already exists and is not an empty folder; refusing to overwrite it")
     values = resolve_params(gen.PARAMS, params)
     out.mkdir(parents=True, exist_ok=True)
-    entries, mask_labels = [], None
-    for index in progress(range(cases), desc=f"synth {kind}", unit="case"):
-        case = make_case(kind, seed, index, size, values)
-        entries.append(write_case(case, out))
-        mask_labels = case.mask_labels
-        if preview:
-            from .preview import save_preview
+    tasks = [(kind, int(seed), index, size, values, out, preview) for index in range(cases)]
+    if jobs == 1:
+        done = (_make_and_write(*t) for t in tasks)
+        results = list(progress(done, total=cases, desc=f"synth {kind}", unit="case"))
+    else:
+        from concurrent.futures import ProcessPoolExecutor
 
-            save_preview(case, out / "preview" / f"{case.id}.png", gen.WINDOW, title=kind)
+        with ProcessPoolExecutor(min(jobs, cases)) as pool:  # map keeps the case order
+            done = pool.map(_make_and_write, *zip(*tasks))
+            results = list(progress(done, total=cases, desc=f"synth {kind}", unit="case"))
+    entries = [entry for entry, _ in results]
+    mask_labels = results[-1][1]
     generator = {"kind": kind, "seed": int(seed), "cases": int(cases), "size": size, "params": values,
                  "param_help": {k: h for k, (_, h) in parameters(kind).items()},
                  "lesiondetect_version": __version__}
