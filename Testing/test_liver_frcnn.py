@@ -15,7 +15,7 @@ from LesionDetectLib.dataset import load_dataset, write_dataset_json
 from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.methods import get_method
-from LesionDetectLib.methods.liver_frcnn import (KeySliceSamples, match_detections, froc_of,
+from LesionDetectLib.methods.liver_frcnn import (KeySliceSamples, case_stacks, match_detections, froc_of,
                                                  key_slices)
 from LesionDetectLib.methods.liver_frcnn.slices import (neighbour_offset, parse_slice_range, three_slice_stack,
                                                         window_to_uint8)
@@ -406,12 +406,12 @@ def test_regressor_learns_a_box():
 def test_experiment_configs_only_use_known_keys():
     from pathlib import Path
 
-    from LesionDetectLib.training import read_config
+    from LesionDetectLib.training import TRAINER_DEFAULTS, read_config
 
     folder = Path(__file__).resolve().parents[1] / "Resources" / "configs" / "liver-frcnn"
     configs = sorted(folder.glob("*.json"))
     assert len(configs) >= 6
-    defaults = get_method("liver-frcnn").defaults
+    defaults = {**TRAINER_DEFAULTS, **get_method("liver-frcnn").defaults}
     for path in configs:
         assert "description" in json.loads(path.read_text()), path.name
         unknown = set(read_config(path)) - set(defaults)
@@ -470,3 +470,41 @@ def test_key_slices_come_from_3d_boxes_when_a_case_has_none(tmp_path):
     case.extra.pop("key_slices")
     assert key_slices(case) == {e["slice"]: [e["box"]] for e in derived} or sorted(key_slices(case)) == sorted(
         {e["slice"] for e in derived})
+
+
+def test_training_sees_key_slices_on_the_grid_inference_detects_on(tmp_path):
+    """A case stored RAS (x and y flipped) trains on the same stacks and boxes as its LPS twin."""
+    rng = np.random.default_rng(5)
+    image, truth = liver_volume(rng, lesions=2)
+    hu = sitk.GetArrayFromImage(image)
+    flipped = sitk.GetImageFromArray(hu[:, ::-1, ::-1].copy())
+    flipped.SetSpacing(image.GetSpacing())
+    flipped.SetDirection((-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    flipped.SetOrigin(image.TransformIndexToPhysicalPoint((hu.shape[2] - 1, hu.shape[1] - 1, 0)))
+    nx, ny = hu.shape[2], hu.shape[1]
+    (tmp_path / "images").mkdir()
+    cases = []
+    for name, img, flip in (("lps", image, False), ("ras", flipped, True)):
+        sitk.WriteImage(img, str(tmp_path / "images" / f"{name}.nrrd"))
+        keys = []
+        for z, y0, x0, y1, x1, *_ in truth:
+            box = [nx - x1, ny - y1, nx - x0, ny - y0] if flip else [x0, y0, x1, y1]
+            keys.append({"slice": int(z), "box": [float(v) for v in box]})
+        cases.append({"id": name, "patient": name, "image": f"images/{name}.nrrd", "key_slices": keys})
+    write_dataset_json(tmp_path, "orientation", "CT", cases)
+    ds = load_dataset(tmp_path)
+    cfg = get_method("liver-frcnn").defaults
+    a, b = case_stacks(ds.cases[0], cfg), case_stacks(ds.cases[1], cfg)
+    assert len(a) == len(b) == len({t[0] for t in truth})
+    for (stack_a, boxes_a), (stack_b, boxes_b) in zip(a, b):
+        np.testing.assert_array_equal(stack_a, stack_b)
+        np.testing.assert_allclose(np.sort(boxes_a, axis=0), np.sort(boxes_b, axis=0), atol=1e-4)
+    # a sagittal "key slice" is refused with the file named
+    sag = sitk.PermuteAxes(image, [2, 1, 0])
+    sitk.WriteImage(sag, str(tmp_path / "images" / "sag.nrrd"))
+    doc = json.loads((tmp_path / "dataset.json").read_text())
+    doc["cases"].append({"id": "sag", "patient": "sag", "image": "images/sag.nrrd",
+                         "key_slices": [{"slice": 20, "box": [2.0, 2.0, 6.0, 6.0]}]})
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(LesionDetectError, match=r"sag\.nrrd.*not an axial slice"):
+        case_stacks(load_dataset(tmp_path).cases[2], cfg)

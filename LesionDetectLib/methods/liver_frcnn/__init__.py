@@ -25,10 +25,12 @@ Pretrained weights: `"pretrained": true` (or `--weights FILE`) loads torchvision
 (`"pretrained_source": "coco"` for the COCO R50-FPN detector) from $TORCH_HOME/hub/checkpoints;
 otherwise random initialisation.
 
-Inference (`lesiondetect infer`) reorients the CT to LPS axial slices (sitk.DICOMOrient; slice
-indices and 2-D boxes below refer to that grid, which for an axial series stored from feet
-to head is the input's own z), runs the detector over all slices (or `--set slices=a:b`),
-`slice_batch` slices at a time, links overlapping boxes on consecutive slices into 3-D lesion
+Training and inference both see the CT reoriented to LPS axial slices (sitk.DICOMOrient:
+anterior up, the patient's left on the right, as DeepLesion); the dataset's key slices and boxes
+refer to the stored grid and are mapped onto the oriented one through physical space.
+Inference (`lesiondetect infer`; slice indices and 2-D boxes below refer to the oriented grid,
+which for an axial series stored from feet to head is the input's own z) runs the detector
+over all slices (or `--set slices=a:b`), `slice_batch` slices at a time, links overlapping boxes on consecutive slices into 3-D lesion
 boxes (volume.py), suppresses overlapping 3-D boxes and writes ROI boxes in physical (LPS)
 coordinates; each box's `extra` holds its per-slice 2-D boxes.  Boxes scoring below the card's
 threshold (chosen on validation key slices at `calibrate_fp_per_image` false positives per
@@ -175,16 +177,40 @@ def read_ct(path) -> np.ndarray:
 
 
 def case_stacks(case: Case, config: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(uint8 (3, y, x) stack, boxes (n, 4))] for every key slice of a case."""
-    image = read_volume(case.image, sitk.sitkFloat32)
+    """[(uint8 (3, y, x) stack, boxes (n, 4))] for every key slice of a case, on the LPS-oriented
+    grid that inference detects on (key slices and boxes are given on the stored grid)."""
+    stored = read_volume(case.image, sitk.sitkFloat32)
+    image = sitk.DICOMOrient(stored, "LPS")
     hu = sitk.GetArrayViewFromImage(image)
     offset = neighbour_offset(image.GetSpacing()[2], config["neighbour_mm"])
     out = []
     for k, boxes in sorted(key_slices(case).items()):
-        if not 0 <= k < hu.shape[0]:
-            raise input_error(case.image, f'case "{case.id}": key slice {k} is outside the {hu.shape[0]}-slice image')
-        out.append((three_slice_stack(hu, k, offset, config["window"]), np.asarray(boxes, dtype=np.float32)))
+        if not 0 <= k < stored.GetSize()[2]:
+            raise input_error(case.image, f'case "{case.id}": key slice {k} is outside the '
+                                          f"{stored.GetSize()[2]}-slice image")
+        k_lps, boxes_lps = key_slice_on_lps_grid(stored, image, k, boxes, case)
+        out.append((three_slice_stack(hu, k_lps, offset, config["window"]), boxes_lps))
     return out
+
+
+def key_slice_on_lps_grid(stored: sitk.Image, oriented: sitk.Image, k: int, boxes: list[list[float]], case: Case
+                          ) -> tuple[int, np.ndarray]:
+    """(slice, boxes (n, 4)) of stored slice k's boxes on the LPS-oriented grid: each box's
+    corners (pixel i covers [i, i + 1)) go through physical space.  A stored slice that is not
+    an axial slice of the oriented grid (a sagittal series, say) is an error."""
+    out, slices = [], set()
+    for x0, y0, x1, y1 in boxes:
+        corners = [oriented.TransformPhysicalPointToContinuousIndex(
+            stored.TransformContinuousIndexToPhysicalPoint((x - 0.5, y - 0.5, float(k))))
+            for x in (x0, x1) for y in (y0, y1)]
+        c = np.asarray(corners)
+        if np.ptp(c[:, 2]) > 0.5:
+            raise input_error(case.image, f'case "{case.id}": key slice {k} is not an axial slice of the image '
+                                          "(the detector works on axial slices); reorient the series")
+        slices.add(int(round(float(c[:, 2].mean()))))
+        out.append([c[:, 0].min() + 0.5, c[:, 1].min() + 0.5, c[:, 0].max() + 0.5, c[:, 1].max() + 0.5])
+    (k_lps,) = slices  # one stored slice is one oriented slice
+    return k_lps, np.asarray(out, dtype=np.float32)
 
 
 class KeySliceSamples(torch.utils.data.Dataset):
@@ -293,6 +319,10 @@ def evaluation_cases(dataset: Dataset, split: str) -> list[Case]:
 def detect(model: torch.nn.Module, stack_batch: np.ndarray, device: torch.device
            ) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(boxes (n, 4) in the slice's pixels, scores (n,))] for uint8 stacks (b, 3, y, x)."""
+    # oneDNN and cuDNN convolutions run fastest on NHWC: 0.86 -> 0.59 s per 512 px slice on 2
+    # CPU cores (ResNet-50 FPN); a no-op once the backbone is converted
+    if isinstance(getattr(model, "backbone", None), torch.nn.Module):
+        model.backbone.to(memory_format=torch.channels_last)
     images = [torch.from_numpy(s).to(device).float().div_(255.0) for s in stack_batch]
     return [(o["boxes"].cpu().numpy(), o["scores"].cpu().numpy()) for o in model(images)]
 
