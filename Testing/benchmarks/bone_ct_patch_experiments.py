@@ -91,7 +91,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="override the paper's epochs (record of a short run)")
     ap.add_argument("--froc", nargs="*", default=["3c-ri", "fast"])
     ap.add_argument("--blds", type=Path, default=SHARED)
+    ap.add_argument("--jobs", type=int, default=1, help="processes for generating the synthetic study")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--results", type=Path, default=OUT, help=f"where results go (default {OUT})")
     args = ap.parse_args(argv)
+    out = args.results
+    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data
@@ -100,7 +105,7 @@ def main(argv=None) -> int:
         if not (data / "dataset.json").exists():
             from LesionDetectLib import synth
 
-            synth.generate("bone-ct", data, cases=args.cases, seed=0, size="full")
+            synth.generate("bone-ct", data, cases=args.cases, seed=0, size="full", jobs=args.jobs)
     have_imagenet = (torch_checkpoint_dir() / "vgg16-397923af.pth").exists()
     runs, froc_runs, blds_runs, skipped = [], {}, {}, []
     blds = blds_dataset(args.blds, args.work / "blds") if args.blds.is_dir() else None
@@ -113,18 +118,18 @@ def main(argv=None) -> int:
             model_dir = args.work / (f"{name}-seed{seed}" + ("" if args.epochs is None else f"-e{args.epochs}"))
             if not (model_dir / "model.json").exists():
                 overrides = {"seed": seed, **({"epochs": args.epochs} if args.epochs else {})}
-                train("bone-ct-patch", data, model_dir, CONFIGS / f"{name}.json", overrides, device="auto")
+                train("bone-ct-patch", data, model_dir, CONFIGS / f"{name}.json", overrides, device=args.device)
             volumes = name in args.froc and seed == args.seeds[0]
             metrics = evaluate(model_dir, data, "test", volumes)
             metrics["config"] = name
             runs.append(metrics)
             if volumes:
                 froc_runs[name] = metrics
-                plot_froc(metrics, OUT / f"bone-ct-patch-froc-synthetic-{name}.png",
+                plot_froc(metrics, out / f"bone-ct-patch-froc-synthetic-{name}.png",
                           title=f"bone-ct-patch {name}: synthetic test volumes")
                 if blds is not None:
                     blds_runs[name] = evaluate(model_dir, blds, "all", True)
-                    plot_froc(blds_runs[name], OUT / f"bone-ct-patch-froc-blds-{name}.png",
+                    plot_froc(blds_runs[name], out / f"bone-ct-patch-froc-blds-{name}.png",
                               title=f"bone-ct-patch {name}: BLDS real CT patches")
             print(json.dumps({k: metrics.get(k) for k in ("config", "seed", "precision", "recall", "f", "auc",
                                                           "froc_mean")}), flush=True)
@@ -135,15 +140,15 @@ def main(argv=None) -> int:
         combined["rows"][m["experiment"]].update({k: m[k] for k in ("froc", "lesions", "volumes")})
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}",
+                   f"torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name()}" if args.device != "cpu" and torch.cuda.is_available() else ""),
         "command": "python Testing/benchmarks/bone_ct_patch_experiments.py " + " ".join(argv or sys.argv[1:]),
         "data": str(data), "epochs_override": args.epochs, "skipped": skipped,
         "synthetic": {k: v for k, v in combined.items()},
         "blds": {name: {k: m[k] for k in ("froc", "froc_mean", "lesions", "volumes", "per_case", "precision",
                                           "recall", "f", "auc")} for name, m in blds_runs.items()},
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_json(OUT / "bone-ct-patch-experiments.json", result, overwrite=True)
+    write_json(out / "bone-ct-patch-experiments.json", result, overwrite=True)
     lines = ["# bone-ct-patch (method 000) experiments", "", f"Command: `{result['command']}`  ",
              f"Machine: {result['machine']}  ", f"Data: synthetic bone-ct ({data}); epochs override: {args.epochs}",
              "", "## Synthetic study, test split (Table 2 layout)", "", "```", table2(combined), "```"]
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
         for name, m in blds_runs.items():
             lines.append(f"- {name}: FROC " + ", ".join(f"{k}: {v:.2f}" for k, v in m["froc"].items()) +
                          f"; mean {m['froc_mean']:.3f} ({m['lesions']} lesions, {m['volumes']} volumes)")
-    write_text(OUT / "bone-ct-patch-experiments.md", "\n".join(lines) + "\n", overwrite=True)
+    write_text(out / "bone-ct-patch-experiments.md", "\n".join(lines) + "\n", overwrite=True)
     print("\n".join(lines))
     return 0
 

@@ -13,6 +13,7 @@ and .md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(OUT / "bone-ct-parse.json", doc, overwrite=True)
     lines = ["# bone-ct-parse: dense vs per-patch volume parsing", "", f"Command: `{doc['command']}`  ",
-             f"Machine: {doc['machine']} (shared; medians over {args.slices} generated 512 x 512 slices, 8 % bone)",
+             f"Machine: {doc['machine']} (load average {os.getloadavg()[0]:.1f} at the end; medians over {args.slices} generated 512 x 512 slices, 8 % bone)",
              "", "| run | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for r in results:
         lines.append(f"| {r['label']} | " + " | ".join(f"{r[k]:.4g}" for k in KEYS) + " |")

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -36,21 +38,23 @@ def main(argv=None) -> int:
     ap.add_argument("--train-cases", type=int, default=30)
     ap.add_argument("--test-cases", type=int, default=8)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--jobs", type=int, default=1, help="processes for generating the synthetic studies")
     ap.add_argument("--results", type=Path, default=ROOT / "Resources" / "benchmarks")
     args = ap.parse_args(argv)
 
     for name, seed, n in (("train", 1, args.train_cases), ("test", 2, args.test_cases)):
         if not (args.work / name / "dataset.json").exists():
-            generate("liver-ct", args.work / name, cases=n, seed=seed, size="full")
+            generate("liver-ct", args.work / name, cases=n, seed=seed, size="full", jobs=args.jobs)
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     tag = args.config.stem + "".join(f"_{k}{v}" for k, v in overrides.items())
     model_dir = args.work / f"model_{tag}"
     t0 = time.perf_counter()
     if not (model_dir / "model.json").exists():
         train("liver-frcnn", args.work / "train", model_dir, config_path=args.config, overrides=overrides,
-              device="cpu", resume=True)
+              device=args.device, resume=True)
     train_s = time.perf_counter() - t0
-    method, model, card, device = load_trained(model_dir, device="cpu")
+    method, model, card, device = load_trained(model_dir, device=args.device)
     t0 = time.perf_counter()
     metrics = method.evaluate(model, card, load_dataset(args.work / "test"), device, split="all")
     eval_s = time.perf_counter() - t0
@@ -61,7 +65,9 @@ def main(argv=None) -> int:
     record = {
         "command": " ".join([".venv/bin/python", "Testing/benchmarks/liver_frcnn_experiment.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"load average {os.getloadavg()[0]:.1f} at the end",
+                   f"load average {os.getloadavg()[0]:.1f} at the end"
+                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "torch": torch.__version__,
         "config": {k: v for k, v in read_config(args.config).items()} | overrides,
         "train_cases": args.train_cases, "test_cases": args.test_cases,
         "train_samples": card.training.get("train_samples"), "val_samples": card.training.get("val_samples"),

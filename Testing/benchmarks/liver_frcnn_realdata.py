@@ -33,8 +33,8 @@ from LesionDetectLib.prediction import write_prediction  # noqa: E402
 from LesionDetectLib.training import load_trained  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "realistic_inputs"
-INPUTS = {"mirp_crlm_1004": DATA / "mirp_crlm_1004_ct_dicom",
-          "totalsegmentator_wholebody": DATA / "totalsegmentator_example_ct.nii.gz"}
+INPUTS = {"mirp_crlm_1004": "mirp_crlm_1004_ct_dicom",
+          "totalsegmentator_wholebody": "totalsegmentator_example_ct.nii.gz"}
 
 
 def overlay(image: sitk.Image, boxes_written, boxes_pred, path: Path, title: str, per_page: int = 12) -> None:
@@ -86,11 +86,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--threshold", type=float, help="score threshold (default: the model card's)")
     ap.add_argument("--redraw", action="store_true", help="only redraw the overlays from boxes written before")
+    ap.add_argument("--data", type=Path, default=DATA, help=f"folder holding the inputs (default {DATA})")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     args = ap.parse_args(argv)
-    method, model, card, device = load_trained(args.model, device="cpu")
+    method, model, card, device = load_trained(args.model, device=args.device)
     lines = [f"# liver-frcnn on real CT ({card.model_id}, threshold "
              f"{args.threshold if args.threshold is not None else card.thresholds.get('score')})", ""]
     for name, path in INPUTS.items():
+        path = args.data / path
         if not path.exists():
             print(f"skipped {name}: {path} not found")
             continue

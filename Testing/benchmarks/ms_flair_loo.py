@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="/tmp/ms_flair_loo")
     parser.add_argument("--out", default=str(ROOT / "Resources/benchmarks/ms_flair_loo"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="train nothing: evaluate the fold models already in --work, skip the missing ones")
     parser.add_argument("--models", nargs="+", choices=("default", "paper"), default=("default", "paper"))
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--default-config", help="a config file for the default model (experiments)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data, work = Path(args.data), Path(args.work)
+    data, work = Path(args.data).resolve(), Path(args.work)
     cases = sorted(p.name for p in data.iterdir() if (p / "flair.nii.gz").exists())
     rows = []
     default_config = args.default_config
@@ -74,8 +75,8 @@ def main(argv=None) -> int:
                 if args.evaluate_only:
                     continue
                 train("ms-flair-fcn", folder, model_dir, config_path=default_config if config is None else config,
-                      device="cpu", resume=True)
-            method, model, card, device = load_trained(model_dir, device="cpu")
+                      device=args.device, resume=True)
+            method, model, card, device = load_trained(model_dir, device=args.device)
             metrics = method.evaluate(model, card, load_dataset(folder), device, split="test")
             case = metrics["cases"][0]
             rows.append({"model": label, "test_case": test, **{k: case[k] for k in KEYS},
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
             means.append({"model": label, "folds": len(mine), **{k: sum(r[k] for r in mine) / len(mine) for k in KEYS}})
     command = " ".join(["python Testing/benchmarks/ms_flair_loo.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"command": command, "machine": f"{platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}", "cases": cases, "rows": rows,
+              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+              + (f", {torch.cuda.get_device_name()}" if args.device != "cpu" and torch.cuda.is_available() else ""), "cases": cases, "rows": rows,
               "means": means, "paper_pixel_f": 0.55}
     out = Path(args.out)
     write_json(out.with_suffix(".json"), result, overwrite=True)
