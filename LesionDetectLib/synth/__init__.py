@@ -12,8 +12,10 @@ call writes byte-identical files.  Every generator shares the difficulty knobs i
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +115,10 @@ def generate(kind: str, out: str | os.PathLike, cases: int = 4, seed: int = 0, s
         raise input_error(out, "already exists and is not an empty folder; refusing to overwrite it")
     values = resolve_params(gen.PARAMS, params)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(kind, int(seed), index, size, values, out, preview) for index in range(cases)]
-    if jobs == 1:
-        done = (_make_and_write(*t) for t in tasks)
+    tasks = zip(*[(kind, int(seed), index, size, values, out, preview) for index in range(cases)])
+    with ProcessPoolExecutor(min(jobs, cases)) if jobs > 1 else contextlib.nullcontext() as pool:
+        done = (pool.map if pool else map)(_make_and_write, *tasks)  # both keep the case order
         results = list(progress(done, total=cases, desc=f"synth {kind}", unit="case"))
-    else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(min(jobs, cases)) as pool:  # map keeps the case order
-            done = pool.map(_make_and_write, *zip(*tasks))
-            results = list(progress(done, total=cases, desc=f"synth {kind}", unit="case"))
     entries = [entry for entry, _ in results]
     mask_labels = results[-1][1]
     generator = {"kind": kind, "seed": int(seed), "cases": int(cases), "size": size, "params": values,

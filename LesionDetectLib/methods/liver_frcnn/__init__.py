@@ -30,9 +30,9 @@ anterior up, the patient's left on the right, as DeepLesion); the dataset's key 
 refer to the stored grid and are mapped onto the oriented one through physical space.
 Inference (`lesiondetect infer`; slice indices and 2-D boxes below refer to the oriented grid,
 which for an axial series stored from feet to head is the input's own z) runs the detector
-over all slices (or `--set slices=a:b`), `slice_batch` slices at a time, links overlapping boxes on consecutive slices into 3-D lesion
-boxes (volume.py), suppresses overlapping 3-D boxes and writes ROI boxes in physical (LPS)
-coordinates; each box's `extra` holds its per-slice 2-D boxes.  Boxes scoring below the card's
+over all slices (or `--set slices=a:b`), `slice_batch` slices at a time, links overlapping
+boxes on consecutive slices into 3-D lesion boxes (volume.py), suppresses overlapping 3-D
+boxes and writes ROI boxes in physical (LPS) coordinates; each box's `extra` holds its per-slice 2-D boxes.  Boxes scoring below the card's
 threshold (chosen on validation key slices at `calibrate_fp_per_image` false positives per
 image) are dropped; `--threshold` overrides it.
 
@@ -125,15 +125,16 @@ DEFAULTS: dict[str, Any] = {
 
 # --- samples --------------------------------------------------------------------------------
 
-def key_slices(case: Case) -> dict[int, list[list[float]]]:
+def key_slices(case: Case, image: sitk.Image | None = None) -> dict[int, list[list[float]]]:
     """{slice index: [box, ...]} of a case's DeepLesion-style key-slice annotations.
 
     Cases without "key_slices" but with 3-D boxes (e.g. exported from Slicer after an
-    annotator corrected them) get one key slice per box: the slice through its centre."""
+    annotator corrected them) get one key slice per box: the slice through its centre
+    (`image`: the case's image when the caller has read it already)."""
     out: dict[int, list[list[float]]] = defaultdict(list)
     entries = case.extra.get("key_slices")
     if not entries and case.boxes is not None:
-        entries = key_slices_from_boxes(case)
+        entries = key_slices_from_boxes(case, image)
     for entry in entries or []:
         try:
             k, box = int(entry["slice"]), [float(v) for v in entry["box"]]
@@ -147,7 +148,7 @@ def key_slices(case: Case) -> dict[int, list[list[float]]]:
     return dict(out)
 
 
-def key_slices_from_boxes(case: Case) -> list[dict[str, Any]]:
+def key_slices_from_boxes(case: Case, image: sitk.Image | None = None) -> list[dict[str, Any]]:
     """Key-slice entries for a case's 3-D ROI boxes: the slice nearest each box centre and the
     box's pixel extent there (its corners projected onto the image grid; pixel coordinates
     put voxel i on [i, i + 1), as the key-slice boxes of the synthetic studies do)."""
@@ -155,7 +156,7 @@ def key_slices_from_boxes(case: Case) -> list[dict[str, Any]]:
     from ...geometry import Geometry
     from ...io import read_image
 
-    geometry = Geometry.of(read_image(case.image))
+    geometry = Geometry.of(read_image(case.image) if image is None else image)
     entries = []
     for n, box in enumerate(markups.read_boxes(case.boxes)):
         corners = geometry.lps_to_index(box.corners())  # (8, 3) continuous (x, y, z) indices
@@ -184,7 +185,7 @@ def case_stacks(case: Case, config: dict[str, Any]) -> list[tuple[np.ndarray, np
     hu = sitk.GetArrayViewFromImage(image)
     offset = neighbour_offset(image.GetSpacing()[2], config["neighbour_mm"])
     out = []
-    for k, boxes in sorted(key_slices(case).items()):
+    for k, boxes in sorted(key_slices(case, stored).items()):
         if not 0 <= k < stored.GetSize()[2]:
             raise input_error(case.image, f'case "{case.id}": key slice {k} is outside the '
                                           f"{stored.GetSize()[2]}-slice image")
