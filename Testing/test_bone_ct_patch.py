@@ -199,7 +199,7 @@ def test_dense_parsing_equals_patch_by_patch_for_isolated_nodes_and_stays_close_
     nodes = parser.slice_nodes(hu, need, steps)
     a, b = np.nonzero(need)
     ref = parsing.per_patch_probabilities(model, hu[None], spacing, np.stack([0 * a, a * gy, b * gx], 1).astype(float),
-                                          15.0, 64, torch.device("cpu"))
+                                          parser.settings, torch.device("cpu"))
     np.testing.assert_allclose(1 / (1 + np.exp(-nodes[a, b])), ref, atol=1e-5)
     assert np.isnan(nodes[~need]).all()
     # every node at once (one region): zero padding at patch borders becomes real image
@@ -207,8 +207,61 @@ def test_dense_parsing_equals_patch_by_patch_for_isolated_nodes_and_stays_close_
     nodes = parser.slice_nodes(hu, need, steps)
     a, b = np.nonzero(need)
     ref = parsing.per_patch_probabilities(model, hu[None], spacing, np.stack([0 * a, a * gy, b * gx], 1).astype(float),
-                                          15.0, 64, torch.device("cpu"))
+                                          parser.settings, torch.device("cpu"))
     assert np.abs(1 / (1 + np.exp(-nodes[a, b])) - ref).max() < 0.02
+
+
+@pytest.mark.parametrize("stride", [32, 16])
+def test_with_enough_context_dense_parsing_is_exactly_patch_by_patch(stride):
+    """context_pixels 96 >= the 90 px that VGG-16's pool5 cells see beyond the patch: every
+    node of one big region equals its own patch (with context) classified alone, whatever
+    the weights; with too little context (32) it does not."""
+    torch.manual_seed(0)
+    hu = _noise_slice(3, (60, 70))
+    spacing = (0.9, 0.8, 2.0)
+    gaps = {}
+    for context in (96, 32):
+        cfg = config(patch_pixels=64, context_pixels=context, parse_stride=stride)
+        model = network.PatchNet(cfg).eval()
+        for m in model.modules():  # larger weights than the init, so far context matters
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=(2.0 / (9 * m.in_channels)) ** 0.5)
+                torch.nn.init.normal_(m.bias, std=0.1)
+        parser = parsing.DenseParser(model, parsing.ParseSettings.of(cfg), torch.device("cpu"))
+        gx, gy = parsing.node_spacing(spacing, parser.settings)
+        need = np.ones((int(59 // gy) + 2, int(69 // gx) + 2), bool)
+        logits = parser.slice_nodes(hu, need, patches.pixel_step(spacing, 15.0, 64))
+        a, b = np.nonzero(need)
+        centres = np.stack([0 * a, a * gy, b * gx], 1).astype(float)
+        with torch.no_grad():
+            ref = model(patches.extract_patches(hu[None], spacing, centres, 15.0, 64, context=context)).numpy()
+        gaps[context] = np.abs(logits[a, b] - ref).max() / ref.std()  # relative to how patches differ
+    assert gaps[96] < 1e-3
+    assert gaps[32] > 100 * gaps[96]
+
+
+def test_bfloat16_parsing_stays_close_to_float32():
+    torch.manual_seed(0)
+    cfg = config(patch_pixels=64, context_pixels=96)
+    model = network.PatchNet(cfg).eval()
+    hu, bone = _noise_slice(4, (40, 50)), np.ones((40, 50), np.uint8)
+    maps = {p: parsing.DenseParser(model, parsing.ParseSettings.of(cfg, precision=p), torch.device("cpu")
+                                   ).parse_slice(hu, bone, (1.0, 1.0, 2.0)) for p in ("float32", "bfloat16")}
+    assert 0 < np.abs(maps["bfloat16"] - maps["float32"]).max() < 0.02  # different arithmetic, same map
+    with pytest.raises(ValueError, match="parse_precision"):
+        parsing.ParseSettings.of(cfg, precision="float16")
+
+
+def test_context_patches_hold_the_patch_in_their_centre():
+    spacing = (0.7, 1.3, 2.5)
+    hu = np.random.default_rng(0).normal(0, 100, (1, 80, 90)).astype(np.float32)
+    centre = np.array([[0.0, 40.3, 44.6]])
+    plain = patches.extract_patches(hu, spacing, centre, 15.0, 32)
+    wide = patches.extract_patches(hu, spacing, centre, 15.0, 32, context=32)
+    assert wide.shape == (1, 1, 96, 96)
+    np.testing.assert_allclose(wide[..., 32:64, 32:64], plain, atol=1e-4)
+    with pytest.raises(LesionDetectError, match="context_pixels must be a multiple of 32"):
+        network.PatchNet(config(context_pixels=48))
 
 
 def test_parse_volume_maps_bone_only_and_interpolates_nodes():

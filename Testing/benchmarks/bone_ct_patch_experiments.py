@@ -89,12 +89,17 @@ def main(argv=None) -> int:
     ap.add_argument("--experiments", nargs="+", default=["3c-ri", "ri", "3c-tl", "tl", "fast"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--epochs", type=int, help="override the paper's epochs (record of a short run)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value in every experiment (e.g. width=0.125 for a CPU run)")
     ap.add_argument("--froc", nargs="*", default=["3c-ri", "fast"])
     ap.add_argument("--blds", type=Path, default=SHARED)
     ap.add_argument("--jobs", type=int, default=1, help="processes for generating the synthetic study")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--results", type=Path, default=OUT, help=f"where results go (default {OUT})")
     args = ap.parse_args(argv)
+    from LesionDetectLib.commands.train import parse_overrides
+
+    sets = parse_overrides(argparse.Namespace(set=args.set))  # as `lesiondetect train --set` reads them
     out = args.results
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -115,9 +120,10 @@ def main(argv=None) -> int:
             skipped.append(f"{name}: needs vgg16-397923af.pth (ImageNet) in {torch_checkpoint_dir()}")
             continue
         for seed in args.seeds:
-            model_dir = args.work / (f"{name}-seed{seed}" + ("" if args.epochs is None else f"-e{args.epochs}"))
+            model_dir = args.work / (f"{name}-seed{seed}" + ("" if args.epochs is None else f"-e{args.epochs}")
+                                     + "".join(f"-{k}{v}" for k, v in sets.items()))
             if not (model_dir / "model.json").exists():
-                overrides = {"seed": seed, **({"epochs": args.epochs} if args.epochs else {})}
+                overrides = {"seed": seed, **({"epochs": args.epochs} if args.epochs else {}), **sets}
                 train("bone-ct-patch", data, model_dir, CONFIGS / f"{name}.json", overrides, device=args.device)
             volumes = name in args.froc and seed == args.seeds[0]
             metrics = evaluate(model_dir, data, "test", volumes)
@@ -143,14 +149,14 @@ def main(argv=None) -> int:
                    f"torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name()}" if args.device != "cpu" and torch.cuda.is_available() else ""),
         "command": "python Testing/benchmarks/bone_ct_patch_experiments.py " + " ".join(argv or sys.argv[1:]),
-        "data": str(data), "epochs_override": args.epochs, "skipped": skipped,
+        "data": str(data), "epochs_override": args.epochs, "overrides": sets, "skipped": skipped,
         "synthetic": {k: v for k, v in combined.items()},
         "blds": {name: {k: m[k] for k in ("froc", "froc_mean", "lesions", "volumes", "per_case", "precision",
                                           "recall", "f", "auc")} for name, m in blds_runs.items()},
     }
     write_json(out / "bone-ct-patch-experiments.json", result, overwrite=True)
     lines = ["# bone-ct-patch (method 000) experiments", "", f"Command: `{result['command']}`  ",
-             f"Machine: {result['machine']}  ", f"Data: synthetic bone-ct ({data}); epochs override: {args.epochs}",
+             f"Machine: {result['machine']}  ", f"Data: synthetic bone-ct ({data}); epochs override: {args.epochs}; overrides: {sets or 'none'}",
              "", "## Synthetic study, test split (Table 2 layout)", "", "```", table2(combined), "```"]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]

@@ -6,9 +6,13 @@ fat, noise), in one run:
 
 - dense: `DenseParser.parse_slice` over the whole bone mask, median seconds per slice;
 - per-patch (the paper's method, one 15 mm patch per bone voxel): a random sample of bone
-  voxels is classified patch by patch, and the time is extrapolated to every bone voxel of
-  the slice; same positions, so the dense map and the patch probabilities are compared
-  there (max |dp|);
+  voxels is classified patch by patch (with the model's context, if it has one), and the
+  time is extrapolated to every bone voxel of the slice; `paper_patch_s_per_slice` times
+  the same for a context-free 64 px patch, the paper's own per-patch cost;
+- max |dp| at the output grid (`max_abs_dp`): a random sample of the dense grid's nodes is
+  classified patch by patch and compared with the dense network's node outputs; at bone
+  voxels (`max_abs_dp_voxels`) the dense map, interpolated between nodes, is compared with
+  the patch probabilities of the sampled voxels;
 - peak RSS of the process; FLOP efficiency = FLOPs the dense network executed / time /
   this machine's measured peak (median of 2048^2 float32 matmuls).
 
@@ -27,12 +31,13 @@ import torch
 
 from ...commands.bench import register_benchmark
 from .network import PatchNet, dense_flops
-from .parsing import DenseParser, ParseSettings, per_patch_probabilities
+from .parsing import DenseParser, ParseSettings, needed_nodes, node_spacing, per_patch_probabilities
+from .patches import pixel_step
 
 PAPER_MODEL = {"patch_pixels": 64, "patch_mm": 15.0, "encoding": "3c", "grey_window": [-500.0, 1500.0],
                "windows_3c": {"low": [-1000.0, 100.0], "high": [400.0, 2000.0], "soft": [100.0, 400.0]},
                "width": 1.0, "fc_hidden": [256, 256], "dropout": 0.5,
-               "parse_stride": 16, "parse_tile": 8, "parse_margin": 0}
+               "context_pixels": 0, "parse_stride": 16, "parse_tile": 8}
 
 
 def pelvis_slice(size: int = 512, spacing: float = 0.8, seed: int = 0, bone_fraction: float = 0.08
@@ -100,7 +105,8 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
     spacing_xyz = (spacing, spacing, 2.0)
     gflops = machine_gflops()
     rng = np.random.default_rng(seed)
-    dense_times, patch_times, dps, refs, bone_voxels, flops = [], [], [], [], [], []
+    paper_patches = ParseSettings.of(config, context=0)
+    dense_times, patch_times, paper_times, dps, dps_vox, refs, bone_voxels, flops = [], [], [], [], [], [], [], []
     for k in range(slices):
         hu, bone = pelvis_slice(size, spacing, seed + k)
         flops_before = parser.flops
@@ -108,27 +114,46 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
         prob = parser.parse_slice(hu, bone, spacing_xyz)
         dense_times.append(time.perf_counter() - t)
         flops.append(parser.flops - flops_before)
+        # the paper's way: one patch per bone voxel (timed on a sample, extrapolated)
         ys, xs = np.nonzero(bone)
         pick = rng.choice(len(ys), size=min(patch_sample, len(ys)), replace=False)
         centres = np.stack([np.zeros(len(pick)), ys[pick], xs[pick]], axis=1).astype(float)
         t = time.perf_counter()
-        ref = per_patch_probabilities(model, hu[None], spacing_xyz, centres, settings.patch_mm,
-                                      settings.patch_pixels, device)
+        ref = per_patch_probabilities(model, hu[None], spacing_xyz, centres, settings, device)
         patch_times.append((time.perf_counter() - t) / len(pick) * len(ys))
-        dps.append(np.abs(prob[ys[pick], xs[pick]] - ref))
+        if settings.context:
+            t = time.perf_counter()
+            per_patch_probabilities(PatchNet({**config, "context_pixels": 0}).eval(), hu[None], spacing_xyz,
+                                    centres, paper_patches, device)
+            paper_times.append((time.perf_counter() - t) / len(pick) * len(ys))
+        dps_vox.append(np.abs(prob[ys[pick], xs[pick]] - ref))
         refs.append(ref)
         bone_voxels.append(len(ys))
+        # the same output grid: dense node outputs against patches centred on those nodes
+        gx, gy = node_spacing(spacing_xyz, settings)
+        need = needed_nodes(bone, gx, gy)[0]
+        nodes = parser.slice_nodes(hu, need, pixel_step(spacing_xyz, settings.patch_mm, settings.patch_pixels))
+        a, b = np.nonzero(need)
+        take = rng.choice(len(a), size=min(patch_sample, len(a)), replace=False)
+        node_centres = np.stack([np.zeros(len(take)), a[take] * gy, b[take] * gx], axis=1)
+        node_ref = per_patch_probabilities(model, hu[None], spacing_xyz, node_centres, settings, device)
+        dps.append(np.abs(1.0 / (1.0 + np.exp(-nodes[a[take], b[take]])) - node_ref))
     dense = float(np.median(dense_times))
     per_patch = float(np.median(patch_times))
-    dp = np.concatenate(dps)
+    paper_patch = float(np.median(paper_times)) if paper_times else per_patch
+    dp, dp_vox = np.concatenate(dps), np.concatenate(dps_vox)
     patch_flops = dense_flops(DenseParser(model, ParseSettings.of(config, stride=32), device).net,
-                              settings.patch_pixels, settings.patch_pixels)
+                              settings.patch_pixels + 2 * settings.context, settings.patch_pixels + 2 * settings.context)
     return {
         "dense_s_per_slice": round(dense, 3),
         "per_patch_s_per_slice": round(per_patch, 1),
         "ratio": round(per_patch / dense, 1),
+        "paper_patch_s_per_slice": round(paper_patch, 1),
+        "ratio_vs_paper_patches": round(paper_patch / dense, 1),
         "max_abs_dp": float(dp.max()),
         "mean_abs_dp": float(dp.mean()),
+        "max_abs_dp_voxels": float(dp_vox.max()),
+        "mean_abs_dp_voxels": float(dp_vox.mean()),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "flop_efficiency": round(float(np.median(flops)) / dense / (gflops * 1e9), 3),
         "machine_gflops": round(gflops, 1),
@@ -139,7 +164,8 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
         "slices": slices,
         "patch_sample_per_slice": int(min(patch_sample, min(bone_voxels))),
         "per_patch_probability_sd": float(np.std(np.concatenate(refs))),
-        "parse_stride": settings.stride, "parse_tile": settings.tile, "parse_margin": settings.margin,
+        "parse_stride": settings.stride, "parse_tile": settings.tile, "context_pixels": settings.context,
+        "parse_precision": settings.precision,
         "patch_pixels": settings.patch_pixels, "threads": torch.get_num_threads(),
     }
 

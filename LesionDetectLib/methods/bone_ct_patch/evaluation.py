@@ -95,18 +95,20 @@ def combine_runs(runs: list[dict]) -> dict:
 def table2(metrics: dict) -> str:
     """The paper's Table 2 layout (one row per experiment; +- SD over seeds when several)."""
     rows = metrics["rows"] if "rows" in metrics else {metrics.get("experiment", "model"): metrics}
-    out = [f"{'':8s} {'Precision':>15s} {'Recall':>15s} {'F-Score':>15s} {'AUC':>15s}"]
+    w = max([8] + [len(str(n)) for n in rows])  # the name column fits the longest experiment name
+    out = [f"{'':{w}s} {'Precision':>15s} {'Recall':>15s} {'F-Score':>15s} {'AUC':>15s}"]
     for name, row in rows.items():
         cells = []
         for key in SUMMARY_KEYS:
             sd = row.get(f"{key}_sd")
             cells.append(f"{row[key]:.2f} ± {sd:.3f}" if sd is not None else f"{row[key]:.3f}")
-        out.append(f"{name:8s} " + " ".join(f"{c:>15s}" for c in cells))
+        out.append(f"{name:{w}s} " + " ".join(f"{c:>15s}" for c in cells))
     out.append("")
-    out.append("Confusion matrices (summed over runs):  TP  FP  TN  FN")
+    out.append("Confusion matrices (summed over runs):")
+    out.append(f"  {'':{w}s} {'TP':>6s} {'FP':>4s} {'TN':>4s} {'FN':>4s}")
     for name, row in rows.items():
         cm = row["confusion_matrix"]
-        out.append(f"  {name:8s} {cm['tp']:6d} {cm['fp']:4d} {cm['tn']:4d} {cm['fn']:4d}")
+        out.append(f"  {name:{w}s} {cm['tp']:6d} {cm['fp']:4d} {cm['tn']:4d} {cm['fn']:4d}")
     froc_rows = [(n, r) for n, r in rows.items() if r.get("froc_mean") is not None]
     if froc_rows:
         out.append("")
@@ -114,8 +116,8 @@ def table2(metrics: dict) -> str:
         for name, row in froc_rows:
             if "froc" in row:
                 cells = "  ".join(f"{k}: {v:.2f}" for k, v in row["froc"].items())
-                out.append(f"  {name:8s} {cells}  mean {row['froc_mean']:.3f}  "
+                out.append(f"  {name:{w}s} {cells}  mean {row['froc_mean']:.3f}  "
                            f"({row['lesions']} lesions, {row['volumes']} volumes)")
             else:
-                out.append(f"  {name:8s} mean {row['froc_mean']:.3f} ± {row.get('froc_mean_sd', 0):.3f}")
+                out.append(f"  {name:{w}s} mean {row['froc_mean']:.3f} ± {row.get('froc_mean_sd', 0):.3f}")
     return "\n".join(out)

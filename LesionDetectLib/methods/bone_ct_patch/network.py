@@ -5,17 +5,24 @@ PatchNet:  HUEncoder -> torchvision VGG-16 `features` (five conv blocks, unchang
            Linear(256, 1)  (logit; sigmoid gives the lesion probability)
            f = patch_pixels / 32 (2 for the paper's 64 x 64 input).
 
+Context (`context_pixels` C, 0 = the paper): the input is the P x P patch plus C patch
+pixels of real image on every side; the conv blocks run on all of it and the FC layers read
+only the f x f feature cells over the patch.  The classifier still decides about the 15 mm
+patch, but its features never see VGG's zero padding where the dense form sees image:
+with C >= 90 (the receptive field of those cells reaches 90 px beyond the patch) a patch's
+probability is exactly the dense map's value (tested), whatever the weights.
+
 `width` < 1 scales every VGG channel count (tests and quick experiments only; ImageNet
 weights need width 1).
 
 DenseNet (FCN conversion, Long et al. 2015, with "a trous" pools, Li et al. 2014): the same
 weights evaluated on a whole slice region at once.  The FC layers become convolutions
 (Linear(512*f*f, 256) -> Conv f x f; the others 1 x 1).  Output (a, b) is the network applied
-to the input window starting at (a*S, b*S) input pixels, S = 32 / 2**k where the last k
-max-pools get stride 1 and everything after them is dilated.  On an isolated P x P input it
-reproduces PatchNet exactly; inside a larger region the zero padding a patch sees at its
-border is replaced by the real neighbouring image (the usual FCN difference; parsing.py
-measures it).
+to the P x P window starting at (a*S, b*S) input pixels, S = 32 / 2**k where the last k
+max-pools get stride 1 and everything after them is dilated.  On an isolated (P + 2C)
+input, output (C/S, C/S) reproduces PatchNet exactly.  Inside a larger region, whatever a
+window's features reach beyond its C pixels of context is real image instead of zero
+padding: nothing for C >= 90, the whole difference for the paper's C = 0 (bench measures it).
 """
 
 from __future__ import annotations
@@ -71,9 +78,11 @@ def vgg_layer_config(width: float) -> list:
 class PatchNet(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
-        pixels = int(config["patch_pixels"])
-        if pixels % 32:
-            raise LesionDetectError(f"patch_pixels must be a multiple of 32 (VGG-16 pools five times), not {pixels}")
+        pixels, context = int(config["patch_pixels"]), int(config.get("context_pixels", 0))
+        for key, value in (("patch_pixels", pixels), ("context_pixels", context)):
+            if value % 32 or value < 0:  # the FC layers read whole stride-32 feature cells
+                raise LesionDetectError(f"{key} must be a multiple of 32 (VGG-16 pools five times), not {value}")
+        self.context_cells, self.cells = context // 32, pixels // 32
         self.encoder = HUEncoder(config["encoding"], config["grey_window"], config["windows_3c"])
         self.features = make_layers(vgg_layer_config(float(config.get("width", 1.0))))
         for conv in self.features:
@@ -91,9 +100,10 @@ class PatchNet(nn.Module):
         self.head = nn.Sequential(*layers)
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        """HU patches (N, 1, P, P) -> logits (N,)."""
+        """HU patches with context (N, 1, P + 2C, P + 2C) -> logits (N,)."""
         x = self.features(self.encoder(hu))
-        return self.head(torch.flatten(x, 1))[:, 0]
+        k, f = self.context_cells, self.cells
+        return self.head(torch.flatten(x[:, :, k:k + f, k:k + f], 1))[:, 0]
 
 
 def build(config: dict, pretrained: bool) -> PatchNet:

@@ -10,16 +10,21 @@ module computes the same map densely, slice by slice:
    rectangle; the slice under its patches is resampled once with `grid_sample` onto the
    patch pixel grid (the exact sample points the per-patch extraction uses) and the network
    runs on it as a fully convolutional net (network.DenseNet).  Nodes away from bone cost
-   nothing; a region's cost is its area plus one patch of overhang (measured on the
-   benchmark's pelvis slice: band 8 at stride 16 computes about 1/120 of the per-patch FLOPs).
+   nothing; a region's cost is its area plus one patch and the model's context of overhang
+   (measured on the benchmark's pelvis slice: band 8 at stride 16 computes about 1/120 of
+   the per-patch FLOPs for the paper's context-free model).
 3. Map.  Node probabilities are interpolated bilinearly to every bone voxel; outside the
    bone mask the map is 0.  The map has the CT's geometry.
 
 Memory is bounded by one slice plus one band region (the volume itself and the float32
 map aside).  Differences from patch-by-patch evaluation have two sources, both measured by
-`lesiondetect bench bone-ct-parse` (max |dp|) and tested: the zero padding VGG applies at a
-patch's border is replaced, inside a tile, by the real neighbouring image; and between grid
-nodes the map is interpolated, not evaluated.
+`lesiondetect bench bone-ct-parse` (max |dp| at the nodes and at bone voxels) and tested:
+(1) at the nodes, the zero padding VGG applies beyond a patch's input is replaced, inside a
+region, by the real neighbouring image.  That is the whole difference for the paper's
+context-free patches (up to 0.89 for a trained model) and nothing (float rounding) for a
+model with `context_pixels` >= 90 (network.py), which is why the context configs exist;
+(2) between grid nodes the map is interpolated, not evaluated (smaller stride, less);
+(3) with `parse_precision` bfloat16 the network runs in bfloat16 (measured, not tested).
 """
 
 from __future__ import annotations
@@ -43,17 +48,18 @@ class ParseSettings:
     patch_pixels: int = 64
     stride: int = 16  # patch pixels between grid nodes
     tile: int = 8  # node rows per band (regions are runs of needed nodes within a band)
-    margin: int = 0  # extra patch pixels of context around a region (multiple of stride)
+    context: int = 0  # the classifier's context (patch pixels on every side), network.PatchNet
+    precision: str = "float32"  # or "bfloat16": about 1.8x faster on CPUs with AVX-512 BF16
 
     @classmethod
     def of(cls, config: dict, **override) -> "ParseSettings":
         s = cls(patch_mm=float(config["patch_mm"]), patch_pixels=int(config["patch_pixels"]),
                 stride=int(config["parse_stride"]), tile=int(config["parse_tile"]),
-                margin=int(config["parse_margin"]))
+                context=int(config.get("context_pixels", 0)), precision=str(config.get("parse_precision", "float32")))
         for k, v in override.items():
             setattr(s, k, type(getattr(s, k))(v))
-        if s.margin % s.stride:
-            raise ValueError(f"parse_margin ({s.margin}) must be a multiple of parse_stride ({s.stride})")
+        if s.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"parse_precision must be float32 or bfloat16, not {s.precision!r}")
         return s
 
 
@@ -106,19 +112,21 @@ class DenseParser:
     def slice_nodes(self, slice_hu: np.ndarray, need: np.ndarray, steps: tuple[float, float]) -> np.ndarray:
         """Logits at the needed nodes of one slice (NaN where not computed), (na, nb)."""
         s = self.settings
-        S, M, P = s.stride, s.margin, s.patch_pixels
+        S, M, P = s.stride, s.context, s.patch_pixels  # M: a multiple of 32, so of S
         out = np.full(need.shape, np.nan, np.float32)
         gx, gy = S * steps[0], S * steps[1]
         src = torch.from_numpy(np.ascontiguousarray(slice_hu, dtype=np.float32)).to(self.device)
         crop = M // S
         for a0, a1, b0, b1 in self.regions(need):
             h, w = (a1 - a0) * S + P + 2 * M, (b1 - b0) * S + P + 2 * M
-            # patch-pixel sample points: node (a, b)'s window starts M + (a - a0) * S samples in
+            # patch-pixel sample points: node (a, b)'s window starts M + (a - a0) * S samples in,
+            # so every window has at least its M pixels of context around it
             ys = a0 * gy + (torch.arange(h, dtype=torch.float64) - M - (P - 1) / 2.0) * steps[1]
             xs = b0 * gx + (torch.arange(w, dtype=torch.float64) - M - (P - 1) / 2.0) * steps[0]
             yy, xx = torch.meshgrid(ys, xs, indexing="ij")
             grid = torch.stack([xx, yy], dim=-1).to(torch.float32).to(self.device)
-            logits = self.net(sample_slice(src, grid[None])[:, None])[0]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bfloat16"):
+                logits = self.net(sample_slice(src, grid[None])[:, None])[0]
             out[a0:a1 + 1, b0:b1 + 1] = logits[crop:crop + a1 - a0 + 1, crop:crop + b1 - b0 + 1].float().cpu().numpy()
             self.flops += dense_flops(self.net, h, w)
         return out
@@ -147,13 +155,14 @@ class DenseParser:
 
 @torch.no_grad()
 def per_patch_probabilities(model: PatchNet, hu: np.ndarray, spacing_xyz, centres_zyx: np.ndarray,
-                            patch_mm: float, patch_pixels: int, device: torch.device, batch: int = 256
-                            ) -> np.ndarray:
-    """The paper's volume parsing at given voxel positions: extract each patch, classify it."""
+                            settings: ParseSettings, device: torch.device, batch: int = 256) -> np.ndarray:
+    """The paper's volume parsing at given voxel positions: extract each patch (with the
+    model's context), classify it."""
     out = np.empty(len(centres_zyx), np.float32)
     model = model.eval()
     for start in range(0, len(centres_zyx), batch):
-        patches = extract_patches(hu, spacing_xyz, centres_zyx[start:start + batch], patch_mm, patch_pixels)
+        patches = extract_patches(hu, spacing_xyz, centres_zyx[start:start + batch], settings.patch_mm,
+                                  settings.patch_pixels, context=settings.context)
         out[start:start + batch] = torch.sigmoid(model(patches.to(device))).float().cpu().numpy()
     return out
 

@@ -125,12 +125,15 @@ def patch_grids(centres_xy: np.ndarray, steps: tuple[float, float], patch_pixels
 
 def extract_patches(hu: np.ndarray, spacing_xyz, centres_zyx: np.ndarray, patch_mm: float, patch_pixels: int,
                     angles: np.ndarray | None = None, mirror: np.ndarray | None = None,
-                    batch: int = 4096) -> torch.Tensor:
-    """HU patches (N, 1, P, P) at continuous voxel positions (z, y, x); z is rounded to the
-    nearest slice (patches are axial).  Batched `grid_sample`, one call per slice."""
+                    batch: int = 4096, context: int = 0) -> torch.Tensor:
+    """HU patches (N, 1, P + 2C, P + 2C) at continuous voxel positions (z, y, x): the P x P
+    patch plus `context` (C) patch pixels of surrounding image on every side, at the patch's
+    pixel size; z is rounded to the nearest slice (patches are axial).  Batched
+    `grid_sample`, one call per slice."""
     centres_zyx = np.asarray(centres_zyx, dtype=np.float64).reshape(-1, 3)
-    out = torch.empty((len(centres_zyx), 1, patch_pixels, patch_pixels), dtype=torch.float32)
     steps = pixel_step(spacing_xyz, patch_mm, patch_pixels)
+    patch_pixels += 2 * int(context)
+    out = torch.empty((len(centres_zyx), 1, patch_pixels, patch_pixels), dtype=torch.float32)
     z_index = np.clip(np.rint(centres_zyx[:, 0]).astype(int), 0, hu.shape[0] - 1)
     for z in np.unique(z_index):
         rows = np.nonzero(z_index == z)[0]
