@@ -40,7 +40,7 @@ maxima (within `candidate_radius_mm`) >= threshold as points with scores.
 
 Context (`context_pixels`, config 3c-ri-context.json): the paper's patch classifier learnt
 from 64 px patches padded with zeros by VGG, so its dense map differs from patch-by-patch
-classification (bench: up to 0.89 for the trained 3C-RI).  With 96 px of image around each
+classification (bench: up to 0.97 at the grid nodes for the trained 3C-RI).  With 96 px of image around each
 patch in training and per-patch use, the dense map is exactly the per-patch classifier
 (network.py, tested), at 16x the training FLOPs and about 3x the parsing time.
 

@@ -31,8 +31,7 @@ import torch
 
 from ...commands.bench import register_benchmark
 from .network import PatchNet, dense_flops
-from .parsing import DenseParser, ParseSettings, needed_nodes, node_spacing, per_patch_probabilities
-from .patches import pixel_step
+from .parsing import DenseParser, ParseSettings, per_patch_probabilities
 
 PAPER_MODEL = {"patch_pixels": 64, "patch_mm": 15.0, "encoding": "3c", "grey_window": [-500.0, 1500.0],
                "windows_3c": {"low": [-1000.0, 100.0], "high": [400.0, 2000.0], "soft": [100.0, 400.0]},
@@ -105,13 +104,15 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
     spacing_xyz = (spacing, spacing, 2.0)
     gflops = machine_gflops()
     rng = np.random.default_rng(seed)
+    # the paper's context-free 64 px patches, timed only (same width, untrained)
+    paper_net = PatchNet({**config, "context_pixels": 0}).eval() if settings.context else None
     paper_patches = ParseSettings.of(config, context=0)
     dense_times, patch_times, paper_times, dps, dps_vox, refs, bone_voxels, flops = [], [], [], [], [], [], [], []
     for k in range(slices):
         hu, bone = pelvis_slice(size, spacing, seed + k)
         flops_before = parser.flops
         t = time.perf_counter()
-        prob = parser.parse_slice(hu, bone, spacing_xyz)
+        prob, nodes, (gx, gy) = parser.parse_slice_with_nodes(hu, bone, spacing_xyz)
         dense_times.append(time.perf_counter() - t)
         flops.append(parser.flops - flops_before)
         # the paper's way: one patch per bone voxel (timed on a sample, extrapolated)
@@ -121,29 +122,26 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
         t = time.perf_counter()
         ref = per_patch_probabilities(model, hu[None], spacing_xyz, centres, settings, device)
         patch_times.append((time.perf_counter() - t) / len(pick) * len(ys))
-        if settings.context:
+        if paper_net is not None:
             t = time.perf_counter()
-            per_patch_probabilities(PatchNet({**config, "context_pixels": 0}).eval(), hu[None], spacing_xyz,
-                                    centres, paper_patches, device)
+            per_patch_probabilities(paper_net, hu[None], spacing_xyz, centres, paper_patches, device)
             paper_times.append((time.perf_counter() - t) / len(pick) * len(ys))
         dps_vox.append(np.abs(prob[ys[pick], xs[pick]] - ref))
         refs.append(ref)
         bone_voxels.append(len(ys))
         # the same output grid: dense node outputs against patches centred on those nodes
-        gx, gy = node_spacing(spacing_xyz, settings)
-        need = needed_nodes(bone, gx, gy)[0]
-        nodes = parser.slice_nodes(hu, need, pixel_step(spacing_xyz, settings.patch_mm, settings.patch_pixels))
-        a, b = np.nonzero(need)
+        a, b = np.nonzero(~np.isnan(nodes))
         take = rng.choice(len(a), size=min(patch_sample, len(a)), replace=False)
         node_centres = np.stack([np.zeros(len(take)), a[take] * gy, b[take] * gx], axis=1)
         node_ref = per_patch_probabilities(model, hu[None], spacing_xyz, node_centres, settings, device)
-        dps.append(np.abs(1.0 / (1.0 + np.exp(-nodes[a[take], b[take]])) - node_ref))
+        dps.append(np.abs(nodes[a[take], b[take]] - node_ref))
     dense = float(np.median(dense_times))
     per_patch = float(np.median(patch_times))
     paper_patch = float(np.median(paper_times)) if paper_times else per_patch
     dp, dp_vox = np.concatenate(dps), np.concatenate(dps_vox)
+    patch_input = settings.patch_pixels + 2 * settings.context
     patch_flops = dense_flops(DenseParser(model, ParseSettings.of(config, stride=32), device).net,
-                              settings.patch_pixels + 2 * settings.context, settings.patch_pixels + 2 * settings.context)
+                              patch_input, patch_input)
     return {
         "dense_s_per_slice": round(dense, 3),
         "per_patch_s_per_slice": round(per_patch, 1),
