@@ -40,6 +40,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # > 0: after the first epoch, cut `epochs` to what fits in this many minutes of training
     # (the lr schedule ends with the cut run); the cut is recorded in the card's history
     "time_limit_minutes": 0,
+    # > 0: after `epochs`, add the method's hard_examples (mined with the model so far) to the
+    # training set and train this many epochs more (the lr schedule spans all epochs)
+    "hard_example_epochs": 0,
 }
 
 
@@ -133,12 +136,17 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=int(config.get("batch_size", 32)), shuffle=True,
-                                         collate_fn=method.collate, generator=generator, drop_last=False)
+
+    def make_loader(samples):
+        return torch.utils.data.DataLoader(samples, batch_size=int(config.get("batch_size", 32)), shuffle=True,
+                                           collate_fn=method.collate, generator=generator, drop_last=False)
+
+    loader = make_loader(train_set)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     epochs = int(config.get("epochs", 1))
+    hard_epochs = int(config["hard_example_epochs"])
     start_epoch, history = 0, []
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / CHECKPOINT).exists():
@@ -147,14 +155,22 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = int(ckpt["epoch"]), json.loads(ckpt["history"])
     steps_per_epoch = max(1, len(loader))
-    total_steps = epochs * steps_per_epoch
+    total_steps = (epochs + hard_epochs) * steps_per_epoch
     time_limit_s = 60.0 * float(config["time_limit_minutes"])
     t0 = time.perf_counter()
-    epoch = start_epoch
-    while epoch < epochs:
+    epoch, mined = start_epoch, False
+    while epoch < epochs + hard_epochs:
+        if epoch >= epochs and not mined:
+            mined = True
+            hard = method.hard_examples(model, dataset, config, seed, dev)
+            if hard is None or len(hard) == 0:
+                break
+            train_set = torch.utils.data.ConcatDataset([train_set, hard])
+            loader = make_loader(train_set)
+            history.append({"epoch": epoch, "hard_examples": len(hard)})
         model.train()
         losses = []
-        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")):
+        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{epochs + hard_epochs}", unit="batch")):
             step = epoch * steps_per_epoch + i
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(config, step, total_steps, steps_per_epoch)
@@ -170,14 +186,15 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         if val_set is not None and len(val_set):
             entry["val_loss"] = validation_loss(method, model, val_set, config, dev)
         history.append(entry)
-        report((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f}")
+        report((epoch + 1) / (epochs + hard_epochs), f"epoch {epoch + 1}/{epochs + hard_epochs} "
+                                                     f"loss {entry['train_loss']:.4f}")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                     "history": json.dumps(history)}, out / CHECKPOINT)
         if time_limit_s and epoch == start_epoch:
             # cut the run to the epochs that fit the time limit; the lr schedule ends with it
             fit = start_epoch + max(1, int(time_limit_s / (time.perf_counter() - t0)))
             if fit < epochs:
-                epochs, total_steps = fit, fit * steps_per_epoch
+                epochs, total_steps = fit, (fit + hard_epochs) * steps_per_epoch
                 history[-1]["epochs_cut_to"] = fit
         epoch += 1
     model.eval()

@@ -94,6 +94,24 @@ def test_training_positions_follow_the_paper():
     assert not near.any()
 
 
+def test_shifted_positives_stay_within_the_shift_and_negatives_clear_of_them():
+    rng = np.random.default_rng(0)
+    bone = np.zeros((10, 80, 80), np.uint8)
+    bone[:, 10:70, 10:70] = 1
+    lesions = np.array([[5.0, 40.0, 40.0]])
+    spacing = (0.5, 0.8, 2.0)  # anisotropic in-plane: the shift is in mm
+    centres, labels, _, _ = patches.training_positions(bone, lesions, spacing, rng, augment=200,
+                                                       negatives_per_positive=1.0, patch_mm=15.0,
+                                                       exclusion_z_mm=7.5, shift_mm=3.0)
+    pos, neg = centres[labels == 1], centres[labels == 0]
+    dist_mm = np.hypot((pos[:, 1] - 40) * 0.8, (pos[:, 2] - 40) * 0.5)
+    assert dist_mm[0] == 0 and np.all(pos[:, 0] == 5)  # the first patch is the lesion's own
+    assert dist_mm.max() <= 3.0 + 1e-9 and dist_mm[1:].min() > 0 and np.median(dist_mm[1:]) > 1.5
+    near = (np.abs(neg[:, 0] - 5) * 2.0 < 7.5) & (np.abs(neg[:, 1] - 40) * 0.8 < 15 * 2 ** .5 + 3) & \
+           (np.abs(neg[:, 2] - 40) * 0.5 < 15 * 2 ** .5 + 3)
+    assert not near.any()
+
+
 def test_bone_mask_from_hu_fills_marrow_and_lytic_holes():
     hu = np.full((4, 60, 60), 40.0, np.float32)
     yy, xx = np.mgrid[0:60, 0:60]
@@ -396,6 +414,8 @@ def test_training_data_is_split_by_patient(tmp_path):
     assert len(set(train.case_ids)) == 1 and val is not None and not set(train.case_ids) & set(val.case_ids)
     again, _ = method.training_data(load_dataset(ds_path), cfg, seed=0)
     assert torch.equal(again.patches, train.patches)  # deterministic by seed
+    older = {k: v for k, v in cfg.items() if k != "positive_shift_mm"}  # a card from before the key
+    assert torch.equal(method.training_data(load_dataset(ds_path), older, seed=0)[0].patches, train.patches)
 
 
 def test_train_infer_evaluate_end_to_end(tmp_path, run_cli):
@@ -467,3 +487,52 @@ def test_bench_command_runs_the_paper_network(run_cli):
     assert code == 0, err
     result = json.loads(out[out.index("{"):])
     assert result["ratio"] > 1 and result["bone_fraction"] == pytest.approx(0.08, abs=0.005)
+
+
+def test_hard_negatives_are_the_strongest_candidates_clear_of_every_lesion(tmp_path):
+    from LesionDetectLib.dataset import load_dataset
+
+    method = get_method("bone-ct-patch")
+    ds = load_dataset(make_dataset(tmp_path / "ds", n_cases=3))
+    cfg = config(hard_negatives_per_volume=4, froc_min_score=0.0, candidate_radius_mm=3.0)
+    torch.manual_seed(0)
+    model = method.build_model(cfg).eval()
+    case = method.split_cases(ds, cfg)["train"][0]
+    hu, bone, geometry, lesions = method.load_case(case, cfg)
+    centres, scores = method.hard_negative_centres(model, cfg, hu, bone, geometry, lesions, torch.device("cpu"))
+    assert 0 < len(centres) <= 4 and np.all(np.diff(scores) <= 0)
+    prob = method.parse(model, cfg, hu, bone, geometry, torch.device("cpu"))
+    sx, sy, sz = geometry.spacing
+    reach = 15.0 * np.sqrt(2)
+    for c, score in zip(centres, scores):
+        assert prob[tuple(c)] == score > 0
+        # a local maximum within 3 mm (1 slice, 3 pixels)
+        window = prob[max(c[0] - 1, 0):c[0] + 2, max(c[1] - 3, 0):c[1] + 4, max(c[2] - 3, 0):c[2] + 4]
+        assert score == window.max()
+        for les in lesions:  # its square cannot touch a positive square near the lesion's slices
+            assert (abs(c[0] - les[0]) * sz >= 7.5 or abs(c[1] - les[1]) * sy >= reach
+                    or abs(c[2] - les[2]) * sx >= reach)
+    # nothing stronger was left out: every stronger local maximum is near a lesion
+    peaks, peak_scores = parsing.local_maxima(prob, geometry.spacing, 0.0, 3.0, 10_000)
+    stronger = peaks[peak_scores > scores[-1]]
+    mined = {tuple(c) for c in centres}
+    for p in stronger:
+        assert tuple(p) in mined or any(abs(p[0] - les[0]) * sz < 7.5 and abs(p[1] - les[1]) * sy < reach
+                                        and abs(p[2] - les[2]) * sx < reach for les in lesions)
+
+
+def test_training_with_hard_negatives_mines_after_the_paper_epochs(tmp_path, run_cli):
+    ds = make_dataset(tmp_path / "ds", n_cases=3)
+    model = tmp_path / "model"
+    code, out, err = run_cli("train", "--method", "bone-ct-patch", "--config", str(CONFIGS / "3c-ri-context-hard-negatives.json"),
+                             "--set", f"width={TINY['width']}", "--set", "patch_pixels=32", "--set",
+                             "fc_hidden=[16,16]", "--set", "augment=2", "--set", "context_pixels=0",
+                             "--set", "froc_min_score=0", "--set", "hard_example_epochs=1",
+                             "--epochs", "1", "--data", str(ds), "--out", str(model))
+    assert code == 0, err
+    card = json.loads((model / "model.json").read_text())
+    history = card["training"]["history"]
+    assert [h["epoch"] for h in history if "train_loss" in h] == [1, 2]
+    mined = [h["hard_examples"] for h in history if "hard_examples" in h]
+    assert len(mined) == 1 and 0 < mined[0] <= card["config"]["hard_negatives_per_volume"]
+    assert card["training"]["train_samples"] == 4 + 4 + mined[0]  # positives, random and hard negatives

@@ -42,6 +42,13 @@ class Method:
         """The training loss of one batch (model in train mode)."""
         raise NotImplementedError
 
+    def hard_examples(self, model: torch.nn.Module, dataset: Dataset, config: dict[str, Any], seed: int,
+                      device: torch.device):
+        """Extra training samples mined with the model trained for `epochs` (e.g. its false
+        detections), trained on with the others for the config's `hard_example_epochs`;
+        None when the method or config mines none."""
+        return None
+
     def calibrate(self, model: torch.nn.Module, dataset: Dataset, config: dict[str, Any], device: torch.device
                   ) -> dict[str, float]:
         """Decision thresholds chosen on training data after training (stored in the card)."""

@@ -44,6 +44,12 @@ classification (bench: up to 0.97 at the grid nodes for the trained 3C-RI).  Wit
 patch in training and per-patch use, the dense map is exactly the per-patch classifier
 (network.py, tested), at 16x the training FLOPs and about 3x the parsing time.
 
+Not in the paper, for the lesion-level FROC: hard-negative mining (`hard_negatives_per_volume`,
+config 3c-ri-context-hard-negatives.json: after `epochs`, `hard_examples` parses every training
+volume and adds its strongest false candidates as negatives for the trainer's
+`hard_example_epochs`) and `positive_shift_mm` (augmented positives moved off-centre; measured
+worse).  Results: Resources/benchmarks/bone-ct-patch-gpu-context.md.
+
 Faster mode: `parse_stride` 32 (7.5 mm node grid) and/or a model trained with
 `patch_pixels` 32 (config fast.json: 4x fewer FLOPs per patch); see README's method 000
 section for measured times and AUC.
@@ -68,6 +74,7 @@ from ...errors import input_error
 from ...geometry import Geometry
 from ...models import ModelCard
 from ...prediction import Prediction, Provenance
+from ...progress import progress
 from .. import register
 from ..base import Method
 from . import evaluation, network, parsing, patches
@@ -88,6 +95,10 @@ class BoneCTPatch(Method):
         "augment": 5,
         "negatives_per_positive": 1.0,
         "exclusion_z_mm": 7.5,
+        # > 0 (not in the paper): augmented positives also moved in-plane by up to this much, so
+        # the classifier accepts a lesion off its patch centre, as the parsing grid sees most
+        # lesions (grid nodes 3.75 mm apart are up to 2.65 mm from a lesion centre)
+        "positive_shift_mm": 0.0,
         "encoding": "3c",
         "grey_window": [-500.0, 1500.0],
         "windows_3c": {"low": [-1000.0, 100.0], "high": [400.0, 2000.0], "soft": [100.0, 400.0]},
@@ -112,6 +123,9 @@ class BoneCTPatch(Method):
         "epochs": 40,
         "batch_size": 32,
         "seed": 0,
+        # hard-negative mining (not in the paper): after `epochs`, this many of each training
+        # volume's strongest false candidates become negatives for `hard_example_epochs` more
+        "hard_negatives_per_volume": 0,
         "split": {"train": 0.72, "val": 0.10, "test": 0.18},
         "split_seed": 0,
         # volume parsing and candidates
@@ -164,7 +178,8 @@ class BoneCTPatch(Method):
             rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
             centres, labels, angles, mirror = patches.training_positions(
                 bone, lesions, geometry.spacing, rng, int(config["augment"]),
-                float(config["negatives_per_positive"]), float(config["patch_mm"]), float(config["exclusion_z_mm"]))
+                float(config["negatives_per_positive"]), float(config["patch_mm"]), float(config["exclusion_z_mm"]),
+                float(config.get("positive_shift_mm", 0.0)))
             if len(centres) == 0:
                 continue
             all_patches.append(patches.extract_patches(hu, geometry.spacing, centres, float(config["patch_mm"]),
@@ -181,6 +196,39 @@ class BoneCTPatch(Method):
         splits = self.split_cases(dataset, config)
         val = self.patch_set(splits["val"], config, seed + 1) if splits["val"] else None
         return self.patch_set(splits["train"], config, seed), val
+
+    def hard_examples(self, model, dataset, config, seed, device) -> patches.PatchSet | None:
+        """Hard-negative mining (not in the paper; `hard_negatives_per_volume` > 0): each
+        training volume's strongest false candidates (`hard_negative_centres`) become extra
+        negatives for the trainer's `hard_example_epochs`.  The paper's random bone negatives
+        teach little about the bright, lesion-like bone the parsed map's false candidates
+        come from."""
+        if int(config.get("hard_negatives_per_volume", 0)) <= 0:
+            return None
+        found, ids = [], []
+        for case in progress(self.split_cases(dataset, config)["train"], desc="hard negatives", unit="case"):
+            hu, bone, geometry, lesions = self.load_case(case, config)
+            centres, _ = self.hard_negative_centres(model, config, hu, bone, geometry, lesions, device)
+            if len(centres):
+                found.append(patches.extract_patches(hu, geometry.spacing, centres.astype(float),
+                                                     float(config["patch_mm"]), int(config["patch_pixels"]),
+                                                     context=int(config["context_pixels"])))
+                ids += [case.id] * len(centres)
+        return patches.PatchSet(torch.cat(found), torch.zeros(len(ids)), ids) if found else None
+
+    def hard_negative_centres(self, model, config, hu, bone, geometry: Geometry, lesions_zyx, device
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """(voxels zyx, scores) of the volume's highest-scoring candidates (local maxima of the
+        parsed map, as `predict` finds them) whose patch is clear of every positive (the random
+        negatives' rule), at most `hard_negatives_per_volume`, highest first."""
+        prob = self.parse(model, config, hu, bone, geometry, device)
+        peaks, scores = parsing.local_maxima(prob, geometry.spacing, float(config["froc_min_score"]),
+                                             float(config["candidate_radius_mm"]), int(config["max_candidates"]))
+        clear = patches.clear_of_positives(peaks, lesions_zyx, geometry.spacing, float(config["patch_mm"]),
+                                           float(config["exclusion_z_mm"]),
+                                           float(config.get("positive_shift_mm", 0.0)))
+        n = int(config["hard_negatives_per_volume"])
+        return peaks[clear][:n], scores[clear][:n]
 
     def batch_loss(self, model, batch, device):
         hu, labels = batch

@@ -176,18 +176,27 @@ def per_patch_probabilities(model: PatchNet, hu: np.ndarray, spacing_xyz, centre
     return out
 
 
-def find_candidates(prob: np.ndarray, geometry: Geometry, min_score: float, radius_mm: float,
-                    max_candidates: int) -> list[LesionPoint]:
-    """Lesion candidates: local maxima of the map (within `radius_mm`) scoring >= min_score,
-    one per plateau, highest first, at most `max_candidates`."""
-    sx, sy, sz = geometry.spacing
+def local_maxima(prob: np.ndarray, spacing_xyz, min_score: float, radius_mm: float, max_count: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel indices zyx (n, 3), scores (n,)) of the map's local maxima (within `radius_mm`)
+    scoring >= min_score, one per plateau, highest first, at most `max_count`."""
+    sx, sy, sz = spacing_xyz
     size = [2 * max(1, int(round(radius_mm / s))) + 1 for s in (sz, sy, sx)]
     peaks = (prob >= min_score) & (prob > 0) & (prob == ndimage.maximum_filter(prob, size=size, mode="constant"))
     labels, n = ndimage.label(peaks)
     if n == 0:
+        return np.zeros((0, 3), int), np.zeros(0, np.float32)
+    positions = np.array(ndimage.maximum_position(prob, labels, range(1, n + 1)), dtype=int).reshape(-1, 3)
+    scores = prob[tuple(positions.T)]
+    order = np.argsort(-scores, kind="stable")[:max_count]
+    return positions[order], scores[order]
+
+
+def find_candidates(prob: np.ndarray, geometry: Geometry, min_score: float, radius_mm: float,
+                    max_candidates: int) -> list[LesionPoint]:
+    """Lesion candidates: the map's local maxima (`local_maxima`) as points with scores."""
+    positions, scores = local_maxima(prob, geometry.spacing, min_score, radius_mm, max_candidates)
+    if len(positions) == 0:
         return []
-    positions = np.array(ndimage.maximum_position(prob, labels, range(1, n + 1)), dtype=float).reshape(-1, 3)
-    scores = prob[tuple(positions.astype(int).T)]
-    order = np.argsort(-scores, kind="stable")[:max_candidates]
-    lps = geometry.index_to_lps(positions[order][:, ::-1])
-    return [LesionPoint(position=p, score=float(s)) for p, s in zip(lps, scores[order])]
+    lps = geometry.index_to_lps(positions[:, ::-1].astype(float))
+    return [LesionPoint(position=p, score=float(s)) for p, s in zip(lps, scores)]

@@ -171,43 +171,55 @@ def lesion_centres_lps(case) -> np.ndarray:
 
 
 def training_positions(bone: np.ndarray, lesions_zyx: np.ndarray, spacing_xyz, rng: np.random.Generator,
-                       augment: int, negatives_per_positive: float, patch_mm: float, exclusion_z_mm: float
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                       augment: int, negatives_per_positive: float, patch_mm: float, exclusion_z_mm: float,
+                       shift_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(centres zyx, labels, angles, mirror) for one volume, as the paper samples them.
 
     Positives: `augment` patches per lesion centre, each rotated by a random angle and
-    mirrored with probability 1/2 (the first one is the unaugmented patch).  Negatives:
-    random bone-mask voxels, as many as `negatives_per_positive` x positives, whose 15 mm
-    square does not overlap any positive square in-plane on slices within `exclusion_z_mm`
-    of the lesion centre; not augmented.
+    mirrored with probability 1/2 (the first one is the unaugmented patch); with `shift_mm`
+    > 0 (not in the paper) the augmented ones are also moved in-plane by up to that distance
+    (uniform in the disc).  Negatives: random bone-mask voxels, as many as
+    `negatives_per_positive` x positives, whose 15 mm square does not overlap any positive
+    square in-plane on slices within `exclusion_z_mm` of the lesion centre; not augmented.
     """
-    sx, sy, sz = (float(v) for v in spacing_xyz)
-    n_les = len(lesions_zyx)
     pos = np.repeat(np.asarray(lesions_zyx, float).reshape(-1, 3), augment, axis=0)
     angles = rng.uniform(0, 2 * math.pi, len(pos))
     mirror = rng.random(len(pos)) < 0.5
     angles[::augment] = 0.0
     mirror[::augment] = False
+    if shift_mm > 0 and len(pos):
+        radius, direction = shift_mm * np.sqrt(rng.random(len(pos))), rng.uniform(0, 2 * math.pi, len(pos))
+        radius[::augment] = 0.0
+        pos[:, 1] += radius * np.sin(direction) / float(spacing_xyz[1])
+        pos[:, 2] += radius * np.cos(direction) / float(spacing_xyz[0])
     n_neg = int(round(negatives_per_positive * max(len(pos), 1)))
     candidates = np.argwhere(bone > 0).astype(float)
-    if n_les and len(candidates):
-        les = np.asarray(lesions_zyx, float)
-        # squares of side patch_mm overlap iff both in-plane offsets are below patch_mm
-        # (a rotated positive square fits in the circle of radius patch_mm / sqrt(2) around it;
-        # the axis-aligned test with side patch_mm * sqrt(2) is the safe superset)
-        reach = patch_mm * math.sqrt(2)
-        bad = np.zeros(len(candidates), bool)
-        for c in les:
-            bad |= ((np.abs(candidates[:, 0] - c[0]) * sz < exclusion_z_mm)
-                    & (np.abs(candidates[:, 1] - c[1]) * sy < reach)
-                    & (np.abs(candidates[:, 2] - c[2]) * sx < reach))
-        candidates = candidates[~bad]
+    candidates = candidates[clear_of_positives(candidates, lesions_zyx, spacing_xyz, patch_mm, exclusion_z_mm,
+                                               shift_mm)]
     take = rng.choice(len(candidates), size=min(n_neg, len(candidates)), replace=False) if len(candidates) else []
     neg = candidates[take].reshape(-1, 3)
     centres = np.concatenate([pos, neg])
     labels = np.concatenate([np.ones(len(pos), np.float32), np.zeros(len(neg), np.float32)])
     return (centres, labels, np.concatenate([angles, np.zeros(len(neg))]),
             np.concatenate([mirror, np.zeros(len(neg), bool)]))
+
+
+def clear_of_positives(centres_zyx: np.ndarray, lesions_zyx: np.ndarray, spacing_xyz, patch_mm: float,
+                       exclusion_z_mm: float, shift_mm: float = 0.0) -> np.ndarray:
+    """Bool per centre: its patch square cannot overlap any positive square (centred up to
+    `shift_mm` from a lesion centre) in-plane on slices within `exclusion_z_mm` of the lesion
+    centre (where negatives may be taken)."""
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    ok = np.ones(len(centres_zyx), bool)
+    # squares of side patch_mm overlap iff both in-plane offsets are below patch_mm
+    # (a rotated positive square fits in the circle of radius patch_mm / sqrt(2) around it;
+    # the axis-aligned test with side patch_mm * sqrt(2) is the safe superset)
+    reach = patch_mm * math.sqrt(2) + shift_mm
+    for c in np.asarray(lesions_zyx, float).reshape(-1, 3):
+        ok &= ~((np.abs(centres_zyx[:, 0] - c[0]) * sz < exclusion_z_mm)
+                & (np.abs(centres_zyx[:, 1] - c[1]) * sy < reach)
+                & (np.abs(centres_zyx[:, 2] - c[2]) * sx < reach))
+    return ok
 
 
 class PatchSet(torch.utils.data.Dataset):
