@@ -25,12 +25,13 @@ from sklearn.metrics import average_precision_score, precision_recall_curve  # n
 from LesionDetectLib.dataset import load_dataset, read_mask  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
 from LesionDetectLib.io import read_image  # noqa: E402
+from LesionDetectLib.methods.ms_flair_fcn import fmax_threshold  # noqa: E402
+from LesionDetectLib.metrics.lesionwise import pixel_counts, pixel_scores  # noqa: E402
 from LesionDetectLib.training import load_trained  # noqa: E402
 
 
 def pixel_f(prob: np.ndarray, truth: np.ndarray, threshold: float) -> float:
-    pred = prob >= threshold
-    return float(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
+    return float(pixel_scores(pixel_counts(truth, prob >= threshold))["pixel_f"])
 
 
 def main(argv=None) -> int:
@@ -45,13 +46,12 @@ def main(argv=None) -> int:
         prob = method.probability_map(model, card.config, read_image(test.image), device)
         truth = read_mask(test.mask).astype(bool)
         keep = (prob > 0) | truth  # pixels at 0 are negative at every threshold > 0
-        precision, recall, thresholds = precision_recall_curve(truth[keep], prob[keep])
-        f = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-        best = int(np.argmax(f[:-1]))
+        # the same F-max search that chose the training threshold, run on the test case itself
+        oracle = fmax_threshold(truth[keep], prob[keep], precision_recall_curve)
         stored = float(card.thresholds["pixel"])
         rows.append({"test_case": test.id, "threshold_from_training": stored, "f_at_training_threshold":
                      pixel_f(prob, truth, stored), "f_at_0.5": pixel_f(prob, truth, 0.5),
-                     "oracle_threshold": float(thresholds[best]), "oracle_f": float(f[best]),
+                     "oracle_threshold": oracle, "oracle_f": pixel_f(prob, truth, oracle),
                      "average_precision": float(average_precision_score(truth[keep], prob[keep]))})
         print(rows[-1], flush=True)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("f_at_training_threshold", "oracle_f",
