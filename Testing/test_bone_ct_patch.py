@@ -266,8 +266,56 @@ def test_bfloat16_parsing_stays_close_to_float32():
     maps = {p: parsing.DenseParser(model, parsing.ParseSettings.of(cfg, precision=p), torch.device("cpu")
                                    ).parse_slice(hu, bone, (1.0, 1.0, 2.0)) for p in ("float32", "bfloat16")}
     assert 0 < np.abs(maps["bfloat16"] - maps["float32"]).max() < 0.02  # different arithmetic, same map
-    with pytest.raises(ValueError, match="parse_precision"):
+    with pytest.raises(LesionDetectError, match="parse_precision"):
         parsing.ParseSettings.of(cfg, precision="float16")
+
+
+def test_region_plan_covers_every_needed_node_with_the_least_area_it_tries():
+    """A compact bone region is one rectangle; a rib-cage ring is cut so that its empty
+    middle is not computed; no region is taller than `tile` node rows (memory)."""
+    cfg = config(patch_pixels=64, context_pixels=96)
+    parser = parsing.DenseParser(network.PatchNet(cfg).eval(), parsing.ParseSettings.of(cfg, tile=64),
+                                 torch.device("cpu"))
+    pixels = parser.region_pixels
+    blob = np.zeros((110, 110), bool)
+    blob[30:70, 10:100] = True
+    assert parser.regions(blob) == [(30, 69, 10, 99)]
+    ring = np.zeros((110, 110), bool)  # ribs about 4 nodes (15 mm) thick around a 340 mm chest
+    ring[5:105, 5:105] = True
+    ring[9:101, 9:101] = False
+    plan = parser.regions(ring)
+    covered = np.zeros_like(ring)
+    for a0, a1, b0, b1 in plan:
+        assert a1 - a0 < 64
+        covered[a0:a1 + 1, b0:b1 + 1] = True
+    assert covered[ring].all()
+    assert not covered[30:80, 30:80].any()  # the middle, beyond every wall's overhang
+    area = sum(pixels(*r) for r in plan)
+    assert area < 0.7 * pixels(5, 104, 5, 104)
+    # never more than the fixed bands of 8 rows from row 0 that parsing used before
+    old = [(a0 + int(np.nonzero(ring[a0:a0 + 8].any(1))[0][0]), a0 + int(np.nonzero(ring[a0:a0 + 8].any(1))[0][-1]),
+            int(np.nonzero(ring[a0:a0 + 8].any(0))[0][0]), int(np.nonzero(ring[a0:a0 + 8].any(0))[0][-1]))
+           for a0 in range(0, 110, 8) if ring[a0:a0 + 8].any()]
+    assert area <= sum(pixels(*r) for r in old)
+
+
+def test_region_plan_is_no_worse_than_the_best_band_cut_found_by_brute_force():
+    import itertools
+
+    cfg = config(patch_pixels=64)
+    parser = parsing.DenseParser(network.PatchNet(cfg).eval(), parsing.ParseSettings.of(cfg, tile=10),
+                                 torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        need = rng.random((9, 40)) < 0.1
+        need[0, 0] = need[8, 39] = True
+        brute = np.inf
+        for cuts in itertools.product((False, True), repeat=8):  # every cut of 9 rows into bands
+            edges = [0] + [k + 1 for k, c in enumerate(cuts) if c] + [9]
+            brute = min(brute, sum(parser.region_pixels(a0, a1 - 1, c0, c1) for a0, a1 in zip(edges, edges[1:])
+                                   for c0, c1 in parser._runs(need[a0:a1].any(axis=0))))
+        plan = parser.regions(need)
+        assert sum(parser.region_pixels(*r) for r in plan) <= brute
 
 
 def test_context_patches_hold_the_patch_in_their_centre():
@@ -451,6 +499,15 @@ def test_train_infer_evaluate_end_to_end(tmp_path, run_cli):
     assert (pred.probability[:, 20, 20] > 0).all()
     np.testing.assert_array_equal(pred.mask, pred.probability >= 0.0001)
     assert pred.points and all(Geometry.of(image).contains(p.position) for p in pred.points)
+    # parse settings changed for one run, and recorded; an unknown option is refused by name
+    code, out, err = run_cli("infer", "--model", str(model), "--input", str(tmp_path / "ct.nrrd"),
+                             "--out", str(tmp_path / "pred1"), "--set", "parse_tile=1")
+    assert code == 0, err
+    assert read_prediction(tmp_path / "pred1").provenance.parameters["parse_tile"] == 1
+    code, out, err = run_cli("infer", "--model", str(model), "--input", str(tmp_path / "ct.nrrd"),
+                             "--out", str(tmp_path / "pred2"), "--set", "tile=1")
+    assert code == 2 and "unknown bone-ct-patch inference option(s) tile" in err
+    assert not (tmp_path / "pred2").exists()
 
     # evaluation on every case: patch metrics, Table 2, FROC with its plot
     code, out, err = run_cli("evaluate", "--model", str(model), "--data", str(ds), "--split", "all",

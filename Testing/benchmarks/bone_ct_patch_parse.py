@@ -1,7 +1,7 @@
 """Dense vs per-patch volume parsing (method 000), with trained models, one command:
 
     .venv/bin/python Testing/benchmarks/bone_ct_patch_parse.py [--model PAPER_MODEL] [--fast-model FAST_MODEL] \
-        [--context [--context-model CONTEXT_MODEL]] [--tiles 8 16] [--precisions float32 bfloat16] \
+        [--context [--context-model CONTEXT_MODEL]] [--tiles 16 64] [--precisions float32 bfloat16] \
         [--slices 3] [--patch-sample 128]
 
 Runs `bone_ct_patch.bench.bone_ct_parse` (what `lesiondetect bench bone-ct-parse` runs with a
@@ -9,7 +9,7 @@ randomly initialised paper network) with the given trained models, so that max |
 measured on a network whose probabilities actually vary.  The fast model (config fast.json:
 32 px patches) is also run at parse stride 32.  `--context` adds the paper network with 96 px
 of context (config 3c-ri-context.json; randomly initialised at full width for the timing, and
-`--context-model` for a trained one's |dp|), at each band height in --tiles.  The fast and
+`--context-model` for a trained one's |dp|), at each largest band height in --tiles.  The fast and
 context runs are repeated for each dense precision in --precisions.  Results:
 Resources/benchmarks/bone-ct-parse.json and .md.
 """
@@ -74,8 +74,9 @@ def main(argv=None) -> int:
                 results.append(run(f"paper network + 96 px context (random init), tile {tile}, {precision}", None,
                                    args.slices, args.patch_sample, context_pixels=96, parse_tile=tile, **p))
         if args.context_model:
-            results.append(run(f"trained model with context, stride 16, {precision}", args.context_model,
-                               args.slices, args.patch_sample, **p))
+            for tile in args.tiles:
+                results.append(run(f"trained model with context, tile {tile}, {precision}", args.context_model,
+                                   args.slices, args.patch_sample, parse_tile=tile, **p))
     doc = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__}",
            "command": "python Testing/benchmarks/bone_ct_patch_parse.py " + " ".join(argv or sys.argv[1:]),

@@ -70,7 +70,7 @@ import SimpleITK as sitk
 import torch
 
 from ...dataset import Dataset, read_mask, split_by_patient
-from ...errors import input_error
+from ...errors import LesionDetectError, input_error
 from ...geometry import Geometry
 from ...models import ModelCard
 from ...prediction import Prediction, Provenance
@@ -80,6 +80,7 @@ from ..base import Method
 from . import evaluation, network, parsing, patches
 
 SPLIT_NAMES = ("train", "val", "test")
+PARSE_OPTIONS = ("parse_stride", "parse_tile", "parse_precision")  # `infer --set` may change these
 
 
 @register
@@ -252,27 +253,31 @@ class BoneCTPatch(Method):
         return {"patch": evaluation.fmax_threshold(samples.labels.numpy(), self.scores(model, samples, device))}
 
     # --- use ------------------------------------------------------------------------------
-    def parse(self, model, config, hu, bone, geometry, device, **settings) -> np.ndarray:
-        parser = parsing.DenseParser(model, parsing.ParseSettings.of(config, **settings), device)
+    def parse(self, model, config, hu, bone, geometry, device) -> np.ndarray:
+        parser = parsing.DenseParser(model, parsing.ParseSettings.of(config), device)
         return parser.parse_volume(hu, bone, geometry.spacing)
 
     def predict(self, model, card: ModelCard, image: sitk.Image, device, threshold: float | None = None,
-                bone_mask: np.ndarray | None = None, **settings) -> Prediction:
-        config = card.config
+                bone_mask: np.ndarray | None = None, **options) -> Prediction:
+        """`options`: the card's parse settings (PARSE_OPTIONS) to change for this run, e.g.
+        `infer --set parse_tile=64` (speed and memory; with a context model, not the map)."""
+        unknown = sorted(set(options) - set(PARSE_OPTIONS))
+        if unknown:
+            raise LesionDetectError(f"unknown bone-ct-patch inference option(s) {', '.join(unknown)}; "
+                                    f"use {', '.join(PARSE_OPTIONS)}")
+        config = {**card.config, **options}
         geometry = Geometry.of(image)
         hu = patches.hu_array(image)
         bone = bone_mask if bone_mask is not None else self.bone_mask(hu, geometry, config)
         threshold = float(card.thresholds.get("patch", 0.5) if threshold is None else threshold)
-        prob = self.parse(model, config, hu, bone, geometry, device, **settings)
+        prob = self.parse(model, config, hu, bone, geometry, device)
         points = parsing.find_candidates(prob, geometry, threshold, float(config["candidate_radius_mm"]),
                                          int(config["max_candidates"]))
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"threshold": threshold, "experiment": config.get("experiment"),
                                             "bone_mask": "given" if bone_mask is not None else "from HU",
-                                            **{k: config[k] for k in ("parse_stride", "parse_tile", "patch_mm",
-                                                                      "patch_pixels", "context_pixels", "parse_precision",
-                                                                      "encoding")},
-                                            **settings})
+                                            **{k: config[k] for k in ("patch_mm", "patch_pixels", "context_pixels",
+                                                                      "encoding", *PARSE_OPTIONS)}})
         return Prediction(geometry=geometry, provenance=provenance, probability=prob,
                           mask=(prob >= threshold).astype(np.uint8), threshold=threshold, points=points)
 

@@ -6,18 +6,20 @@ module computes the same map densely, slice by slice:
 1. Output grid.  Per axial slice, grid nodes every S patch pixels (S = `parse_stride`,
    16 -> 3.75 mm for the 64 px / 15 mm paper model), anchored at pixel (0, 0).  Only nodes
    next to a bone voxel are needed (the four that surround it).
-2. Regions.  Per band of `parse_tile` node rows, each run of needed node columns is one
-   rectangle; the slice under its patches is resampled once with `grid_sample` onto the
-   patch pixel grid (the exact sample points the per-patch extraction uses) and the network
-   runs on it as a fully convolutional net (network.DenseNet).  Nodes away from bone cost
-   nothing; a region's cost is its area plus one patch and the model's context of overhang
-   (measured on the benchmark's pelvis slice: band 8 at stride 16 computes about 1/120 of
-   the per-patch FLOPs for the paper's context-free model).
+2. Regions.  The needed nodes are covered by rectangles (`DenseParser.regions`): the rows
+   are cut into bands of at most `parse_tile` node rows, each band's run of needed node
+   columns is one rectangle, and the cuts are chosen by dynamic programming to compute the
+   fewest pixels, since every rectangle costs its area plus one window and the model's
+   context of overhang (a compact pelvis becomes one rectangle, a rib cage's empty middle
+   is left out).  The slice under a rectangle's patches is resampled once with
+   `grid_sample` onto the patch pixel grid (the exact sample points the per-patch
+   extraction uses) and the network runs on it as a fully convolutional net
+   (network.DenseNet).  Nodes away from bone cost nothing.
 3. Map.  Node probabilities are interpolated bilinearly to every bone voxel; outside the
    bone mask the map is 0.  The map has the CT's geometry.
 
 Memory is bounded by one slice plus one band region (the volume itself and the float32
-map aside).  Differences from patch-by-patch evaluation have two sources, both measured by
+map aside).  Differences from patch-by-patch evaluation have three sources, measured by
 `lesiondetect bench bone-ct-parse` (max |dp| at the nodes and at bone voxels) and tested:
 (1) at the nodes, the zero padding VGG applies beyond a patch's input is replaced, inside a
 region, by the real neighbouring image.  That is the whole difference for the paper's
@@ -25,7 +27,7 @@ context-free patches (up to 0.97 for the trained 3C-RI) and nothing (float round
 model with `context_pixels` >= 90 (network.py), which is why the context configs exist;
 (2) between grid nodes the map is interpolated, not evaluated (smaller stride, less);
 (3) with `parse_precision` bfloat16 the network runs in bfloat16 (tested within 0.02 of
-float32 on a small network; 0.006 at the nodes of a trained one in the bench).
+float32 on a small network; 0.004 at the nodes of the trained context model in the bench).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ...errors import LesionDetectError
 from ...geometry import Geometry
 from ...prediction import LesionPoint
 from ...progress import progress
@@ -48,7 +51,7 @@ class ParseSettings:
     patch_mm: float = 15.0
     patch_pixels: int = 64
     stride: int = 16  # patch pixels between grid nodes
-    tile: int = 8  # node rows per band (regions are runs of needed nodes within a band)
+    tile: int = 8  # most node rows per band, which bounds memory (see DenseParser.regions)
     context: int = 0  # the classifier's context (patch pixels on every side), network.PatchNet
     precision: str = "float32"  # or "bfloat16": 1.5-1.8x faster here (a CPU with AVX-512 BF16)
 
@@ -60,7 +63,9 @@ class ParseSettings:
         for k, v in override.items():
             setattr(s, k, type(getattr(s, k))(v))
         if s.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"parse_precision must be float32 or bfloat16, not {s.precision!r}")
+            raise LesionDetectError(f"parse_precision must be float32 or bfloat16, not {s.precision!r}")
+        if s.tile < 1:
+            raise LesionDetectError(f"parse_tile must be at least 1 node row, not {s.tile}")
         return s
 
 
@@ -93,23 +98,78 @@ class DenseParser:
             device, memory_format=torch.channels_last).eval()
         self.flops = 0.0  # executed by the dense network so far (for benchmarks)
 
-    def regions(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Rectangles of nodes (a0, a1, b0, b1), inclusive, covering every needed node: per
-        band of `tile` node rows, each run of needed columns (runs closer than P/S - 1 nodes
-        merged, since a separate region repeats a window's overhang), rows shrunk to the run."""
+    def region_pixels(self, a0: int, a1: int, b0: int, b1: int) -> int:
+        """Input pixels the network runs on for the node rectangle (a0, a1, b0, b1), inclusive."""
         s = self.settings
-        merge_gap = max(1, s.patch_pixels // s.stride - 1)
-        out = []
-        for a0 in range(0, need.shape[0], s.tile):
-            band = need[a0:a0 + s.tile]
-            cols = np.nonzero(band.any(axis=0))[0]
-            if len(cols) == 0:
-                continue
-            breaks = np.nonzero(np.diff(cols) > merge_gap)[0]
-            for c0, c1 in zip(np.r_[cols[0], cols[breaks + 1]], np.r_[cols[breaks], cols[-1]]):
-                rows = np.nonzero(band[:, c0:c1 + 1].any(axis=1))[0]
-                out.append((a0 + int(rows[0]), a0 + int(rows[-1]), int(c0), int(c1)))
-        return out
+        overhang = s.patch_pixels + 2 * s.context
+        return ((a1 - a0) * s.stride + overhang) * ((b1 - b0) * s.stride + overhang)
+
+    def regions(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Rectangles of nodes (a0, a1, b0, b1), inclusive, covering every needed node with few
+        input pixels.  The needed rows are cut into bands of at most `tile` rows (which bounds
+        memory) and each band's runs of needed columns become one rectangle each, rows shrunk
+        to the run; the band cuts are chosen by dynamic programming to minimise the pixels
+        computed, by rows and by columns, whichever is cheaper.  So a compact pelvis is one
+        rectangle and a rib cage's wide empty middle is not computed."""
+        by_rows = self._banded(need)
+        by_cols = [(a0, a1, b0, b1) for b0, b1, a0, a1 in self._banded(need.T)]
+        return min(by_rows, by_cols, key=lambda plan: sum(self.region_pixels(*r) for r in plan))
+
+    def region_pixels(self, a0: int, a1: int, b0: int, b1: int) -> int:
+        """Input pixels the network runs on for the node rectangle (a0, a1, b0, b1), inclusive:
+        the nodes' span plus one window and its context of overhang."""
+        s = self.settings
+        overhang = s.patch_pixels + 2 * s.context
+        return ((a1 - a0) * s.stride + overhang) * ((b1 - b0) * s.stride + overhang)
+
+    def _merge_gap(self) -> int:
+        # a gap of columns is computed rather than split at when that costs less than a
+        # second region's overhang (one window and its context)
+        s = self.settings
+        return max(1, (s.patch_pixels + 2 * s.context) // s.stride - 1)
+
+    def _runs(self, cols: np.ndarray) -> list[tuple[int, int]]:
+        """Runs (c0, c1) of needed columns, merged across gaps cheaper to compute than to split at."""
+        idx = np.flatnonzero(cols)
+        if len(idx) == 0:
+            return []
+        breaks = np.flatnonzero(np.diff(idx) > self._merge_gap())
+        return list(zip(idx[np.r_[0, breaks + 1]].tolist(), idx[np.r_[breaks, len(idx) - 1]].tolist()))
+
+    def _band_pixels(self, columns: np.ndarray) -> np.ndarray:
+        """Pixels of bands 1, 2, ... k rows high whose needed columns are `columns` (k, w):
+        per run, the region_pixels of its rectangle (rows not shrunk), summed (vectorised)."""
+        s = self.settings
+        overhang = s.patch_pixels + 2 * s.context
+        k = len(columns)
+        r, c = np.nonzero(columns)
+        d = np.diff(c)
+        joined = (r[1:] == r[:-1]) & (d <= self._merge_gap())
+        span = np.bincount(r[1:][joined], weights=d[joined], minlength=k)
+        runs = np.bincount(r, minlength=k) - np.bincount(r[1:][joined], minlength=k)
+        return (np.arange(k) * s.stride + overhang) * (span * s.stride + runs * overhang)
+
+    def _banded(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
+        rows = np.flatnonzero(need.any(axis=1))
+        if len(rows) == 0:
+            return []
+        r0, n = int(rows[0]), int(rows[-1] - rows[0] + 1)
+        # best[j]: fewest pixels covering rows r0 .. r0 + j - 1; cut[j]: where its last band starts
+        best, cut = np.zeros(n + 1), np.zeros(n + 1, int)
+        for j in range(1, n + 1):
+            starts = np.arange(j - 1, max(j - self.settings.tile, 0) - 1, -1)  # band heights 1, 2, ...
+            columns = np.logical_or.accumulate(need[r0 + starts], axis=0)
+            cost = best[starts] + self._band_pixels(columns)
+            cut[j] = starts[np.argmin(cost)]
+            best[j] = cost.min()
+        out, j = [], n
+        while j > 0:
+            band = need[r0 + cut[j]:r0 + j]
+            for c0, c1 in self._runs(band.any(axis=0)):
+                used = np.flatnonzero(band[:, c0:c1 + 1].any(axis=1))
+                out.append((r0 + cut[j] + int(used[0]), r0 + cut[j] + int(used[-1]), c0, c1))
+            j = cut[j]
+        return out[::-1]
 
     @torch.no_grad()
     def slice_nodes(self, slice_hu: np.ndarray, need: np.ndarray, steps: tuple[float, float]) -> np.ndarray:
