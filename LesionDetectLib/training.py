@@ -159,6 +159,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     time_limit_s = 60.0 * float(config["time_limit_minutes"])
     t0 = time.perf_counter()
     epoch, mined = start_epoch, False
+    step = start_epoch * steps_per_epoch  # batches so far: the lr schedule's clock
     while epoch < epochs + hard_epochs:
         if epoch >= epochs and not mined:
             mined = True
@@ -167,11 +168,14 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
                 break
             train_set = torch.utils.data.ConcatDataset([train_set, hard])
             loader = make_loader(train_set)
+            # the remaining epochs have more batches; the schedule still ends with the last one
+            total_steps = step + (epochs + hard_epochs - epoch) * max(1, len(loader))
+            # the examples are not in the checkpoint: a resumed run mines again, recorded once
+            history = [h for h in history if "hard_examples" not in h]
             history.append({"epoch": epoch, "hard_examples": len(hard)})
         model.train()
         losses = []
-        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{epochs + hard_epochs}", unit="batch")):
-            step = epoch * steps_per_epoch + i
+        for batch in progress(loader, desc=f"epoch {epoch + 1}/{epochs + hard_epochs}", unit="batch"):
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(config, step, total_steps, steps_per_epoch)
             loss = method.batch_loss(model, batch, dev)
@@ -181,8 +185,9 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
             losses.append(float(loss.detach()))
-        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None and len(val_set):
             entry["val_loss"] = validation_loss(method, model, val_set, config, dev)
         history.append(entry)

@@ -593,3 +593,31 @@ def test_training_with_hard_negatives_mines_after_the_paper_epochs(tmp_path, run
     mined = [h["hard_examples"] for h in history if "hard_examples" in h]
     assert len(mined) == 1 and 0 < mined[0] <= card["config"]["hard_negatives_per_volume"]
     assert card["training"]["train_samples"] == 4 + 4 + mined[0]  # positives, random and hard negatives
+
+
+def test_hard_epochs_keep_the_lr_schedule_and_a_resumed_run_records_one_mining(tmp_path, monkeypatch):
+    """The mined examples add batches: the cosine schedule is stretched over them (the lr
+    keeps falling and reaches no zero before the last batch).  A run stopped after mining
+    and resumed mines again (the examples are not in the checkpoint) but records it once."""
+    from LesionDetectLib import training
+
+    ds = make_dataset(tmp_path / "ds", n_cases=3)
+    overrides = {**TINY, "patch_pixels": 32, "context_pixels": 0, "froc_min_score": 0.0, "batch_size": 8,
+                 "hard_negatives_per_volume": 30, "hard_example_epochs": 2, "epochs": 1, "lr_schedule": "cosine"}
+    real_report = training.report
+
+    def stop_in_epoch_3(fraction, message):
+        if message.startswith("epoch 3/"):
+            raise KeyboardInterrupt
+        real_report(fraction, message)
+
+    monkeypatch.setattr(training, "report", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        training.train("bone-ct-patch", ds, tmp_path / "m", overrides=overrides, device="cpu")
+    monkeypatch.setattr(training, "report", real_report)
+    training.train("bone-ct-patch", ds, tmp_path / "m", overrides=overrides, device="cpu", resume=True)
+    history = json.loads((tmp_path / "m" / "model.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history if "train_loss" in h] == [1, 2, 3]
+    assert len([h for h in history if "hard_examples" in h]) == 1
+    lrs = [h["lr"] for h in history if "lr" in h]
+    assert lrs[0] > lrs[1] > lrs[2] > 0
