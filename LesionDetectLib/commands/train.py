@@ -27,16 +27,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(args) -> dict:
-    overrides = {}
-    for item in args.set:
+def parse_key_values(items: list[str]) -> dict:
+    """["parse_tile=64", "parse_precision=bfloat16"] -> {"parse_tile": 64, "parse_precision":
+    "bfloat16"}: each value read as JSON, or kept as text when it is not JSON."""
+    values = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise LesionDetectError(f"--set {item!r}: expected KEY=VALUE")
         try:
-            overrides[key] = json.loads(value)
+            values[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value
+            values[key] = value
+    return values
+
+
+def parse_overrides(args) -> dict:
+    overrides = parse_key_values(args.set)
     for key in ("epochs", "seed", "weights"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)

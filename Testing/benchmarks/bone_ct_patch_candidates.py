@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from LesionDetectLib.commands.train import parse_key_values  # noqa: E402
 from LesionDetectLib.dataset import load_dataset  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
 from LesionDetectLib.methods.bone_ct_patch import evaluation, parsing  # noqa: E402
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="parse option, e.g. parse_tile=64")
     args = ap.parse_args(argv)
     method, model, card, device = load_trained(args.model)
-    config = {**card.config, **{k: (int(v) if v.isdigit() else v) for k, v in (s.split("=", 1) for s in args.set)}}
+    config = {**card.config, **parse_key_values(args.set)}
     cases = method.split_cases(load_dataset(args.data), config)[args.split]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

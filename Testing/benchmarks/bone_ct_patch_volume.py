@@ -15,7 +15,6 @@ Resources/benchmarks/bone-ct-volume.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -29,17 +28,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from LesionDetectLib.commands.train import parse_key_values  # noqa: E402
 from LesionDetectLib.dataset import load_dataset  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
 from LesionDetectLib.io import read_image  # noqa: E402
 from LesionDetectLib.training import load_trained  # noqa: E402
 
 OUT = ROOT / "Resources" / "benchmarks"
-
-
-def parse_settings(text: str) -> dict:
-    pairs = (item.split("=", 1) for item in text.split(",") if item)
-    return {k: json.loads(v) if v[:1].isdigit() else v for k, v in pairs}
 
 
 def main(argv=None) -> int:
@@ -54,7 +49,7 @@ def main(argv=None) -> int:
     images = [read_image(c.image) for c in cases]
     results = []
     for text in args.settings:
-        options = parse_settings(text)
+        options = parse_key_values(text.split(","))
         times, bone = [], []
         for case, image in zip(cases, images):
             t = time.perf_counter()

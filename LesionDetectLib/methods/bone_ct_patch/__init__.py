@@ -42,7 +42,7 @@ Context (`context_pixels`, config 3c-ri-context.json): the paper's patch classif
 from 64 px patches padded with zeros by VGG, so its dense map differs from patch-by-patch
 classification (bench: up to 0.97 at the grid nodes for the trained 3C-RI).  With 96 px of image around each
 patch in training and per-patch use, the dense map is exactly the per-patch classifier
-(network.py, tested), at 16x the training FLOPs and about 3x the parsing time.
+(network.py, tested), at 16x the training FLOPs and about 2.2x the parsing time.
 
 Not in the paper, for the lesion-level FROC: hard-negative mining (`hard_negatives_per_volume`,
 config 3c-ri-context-hard-negatives.json: after `epochs`, `hard_examples` parses every training

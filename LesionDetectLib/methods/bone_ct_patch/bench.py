@@ -139,9 +139,8 @@ def bone_ct_parse(slices: int = 3, size: int = 512, spacing: float = 0.8, patch_
     per_patch = float(np.median(patch_times))
     paper_patch = float(np.median(paper_times)) if paper_times else per_patch
     dp, dp_vox = np.concatenate(dps), np.concatenate(dps_vox)
-    patch_input = settings.patch_pixels + 2 * settings.context
     patch_flops = dense_flops(DenseParser(model, ParseSettings.of(config, stride=32), device).net,
-                              patch_input, patch_input)
+                              settings.window, settings.window)
     return {
         "dense_s_per_slice": round(dense, 3),
         "per_patch_s_per_slice": round(per_patch, 1),

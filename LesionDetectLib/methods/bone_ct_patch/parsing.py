@@ -55,6 +55,11 @@ class ParseSettings:
     context: int = 0  # the classifier's context (patch pixels on every side), network.PatchNet
     precision: str = "float32"  # or "bfloat16": 1.5-1.8x faster here (a CPU with AVX-512 BF16)
 
+    @property
+    def window(self) -> int:
+        """Input pixels one node's classifier sees: its patch and the context on both sides."""
+        return self.patch_pixels + 2 * self.context
+
     @classmethod
     def of(cls, config: dict, **override) -> "ParseSettings":
         s = cls(patch_mm=float(config["patch_mm"]), patch_pixels=int(config["patch_pixels"]),
@@ -98,12 +103,6 @@ class DenseParser:
             device, memory_format=torch.channels_last).eval()
         self.flops = 0.0  # executed by the dense network so far (for benchmarks)
 
-    def region_pixels(self, a0: int, a1: int, b0: int, b1: int) -> int:
-        """Input pixels the network runs on for the node rectangle (a0, a1, b0, b1), inclusive."""
-        s = self.settings
-        overhang = s.patch_pixels + 2 * s.context
-        return ((a1 - a0) * s.stride + overhang) * ((b1 - b0) * s.stride + overhang)
-
     def regions(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Rectangles of nodes (a0, a1, b0, b1), inclusive, covering every needed node with few
         input pixels.  The needed rows are cut into bands of at most `tile` rows (which bounds
@@ -119,14 +118,13 @@ class DenseParser:
         """Input pixels the network runs on for the node rectangle (a0, a1, b0, b1), inclusive:
         the nodes' span plus one window and its context of overhang."""
         s = self.settings
-        overhang = s.patch_pixels + 2 * s.context
-        return ((a1 - a0) * s.stride + overhang) * ((b1 - b0) * s.stride + overhang)
+        return ((a1 - a0) * s.stride + s.window) * ((b1 - b0) * s.stride + s.window)
 
     def _merge_gap(self) -> int:
         # a gap of columns is computed rather than split at when that costs less than a
         # second region's overhang (one window and its context)
         s = self.settings
-        return max(1, (s.patch_pixels + 2 * s.context) // s.stride - 1)
+        return max(1, s.window // s.stride - 1)
 
     def _runs(self, cols: np.ndarray) -> list[tuple[int, int]]:
         """Runs (c0, c1) of needed columns, merged across gaps cheaper to compute than to split at."""
@@ -140,14 +138,13 @@ class DenseParser:
         """Pixels of bands 1, 2, ... k rows high whose needed columns are `columns` (k, w):
         per run, the region_pixels of its rectangle (rows not shrunk), summed (vectorised)."""
         s = self.settings
-        overhang = s.patch_pixels + 2 * s.context
         k = len(columns)
         r, c = np.nonzero(columns)
         d = np.diff(c)
         joined = (r[1:] == r[:-1]) & (d <= self._merge_gap())
         span = np.bincount(r[1:][joined], weights=d[joined], minlength=k)
         runs = np.bincount(r, minlength=k) - np.bincount(r[1:][joined], minlength=k)
-        return (np.arange(k) * s.stride + overhang) * (span * s.stride + runs * overhang)
+        return (np.arange(k) * s.stride + s.window) * (span * s.stride + runs * s.window)
 
     def _banded(self, need: np.ndarray) -> list[tuple[int, int, int, int]]:
         rows = np.flatnonzero(need.any(axis=1))
@@ -181,7 +178,7 @@ class DenseParser:
         src = torch.from_numpy(np.ascontiguousarray(slice_hu, dtype=np.float32)).to(self.device)
         crop = M // S
         for a0, a1, b0, b1 in self.regions(need):
-            h, w = (a1 - a0) * S + P + 2 * M, (b1 - b0) * S + P + 2 * M
+            h, w = (a1 - a0) * S + s.window, (b1 - b0) * S + s.window
             # patch-pixel sample points: node (a, b)'s window starts M + (a - a0) * S samples in,
             # so every window has at least its M pixels of context around it
             ys = a0 * gy + (torch.arange(h, dtype=torch.float64) - M - (P - 1) / 2.0) * steps[1]
