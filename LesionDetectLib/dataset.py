@@ -318,6 +318,78 @@ def _largest_remainder(total: int, weights: list[float]) -> list[int]:
     return [int(c) for c in counts]
 
 
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"validation": "val"}
+
+
+def _split_name(name: str | None) -> str | None:
+    return SPLIT_ALIASES.get(name, name)
+
+
+def split_cases(cases: list[Case], fractions: dict[str, float], seed: int = 0) -> dict[str, list[Case]]:
+    """The one case-selection policy: {"train": [...], "val": [...], "test": [...]}.
+
+    Arguments:
+        cases: the cases to divide (e.g. a Dataset's `cases`, or only its labelled ones).
+        fractions: shares of patients per part when the cases carry no split of their own,
+            e.g. {"train": 0.72, "val": 0.10, "test": 0.18}, {"train": 0.85, "val": 0.15} or
+            {"train": 1.0}; parts it does not name stay empty.  Keys are "train", "val"
+            ("validation" is read as "val") and "test".
+        seed: shuffles the patients (`split_by_patient`); the same seed gives the same parts.
+
+    Returns:
+        All three keys, always.  When any case has a `split`, the dataset's own splits are
+        used as they are ("validation" read as "val"; cases without a split, or with a split
+        of another name, go nowhere).  Otherwise whole patients are assigned by
+        `split_by_patient(cases, fractions, seed)`, so no patient is in two parts.
+    """
+    cases = list(cases)
+    out: dict[str, list[Case]] = {name: [] for name in SPLITS}
+    if any(c.split for c in cases):
+        for c in cases:
+            name = _split_name(c.split)
+            if name in out:
+                out[name].append(c)
+        return out
+    shares: dict[str, float] = {}
+    for key, value in fractions.items():
+        name = _split_name(key)
+        if name not in out:
+            raise LesionDetectError(f"unknown split '{key}' in split fractions {fractions}; use "
+                                    + ", ".join(SPLITS))
+        shares[name] = shares.get(name, 0.0) + float(value)
+    out.update(split_by_patient(cases, shares, seed))
+    return out
+
+
+def cases_for(cases: list[Case], split: str, fractions: dict[str, float], seed: int = 0) -> list[Case]:
+    """The cases of one part, e.g. for `lesiondetect evaluate --split test`.
+
+    Arguments:
+        cases: all candidate cases.
+        split: "train", "val" (or "validation"), "test", or "all" (every case).
+        fractions, seed: as for `split_cases`, used when the cases carry no split of their own.
+
+    Returns:
+        `split_cases(cases, fractions, seed)[split]`; except that when the cases define no
+        splits of their own and that part is empty, every case (a dataset without splits is
+        trained and tested whole).
+
+    Raises:
+        LesionDetectError: for a split name other than the ones above.
+    """
+    cases = list(cases)
+    if split == "all":
+        return cases
+    name = _split_name(split)
+    if name not in SPLITS:
+        raise LesionDetectError(f"unknown split '{split}'; use one of train, val (or validation), test, all")
+    chosen = split_cases(cases, fractions, seed)[name]
+    if not chosen and not any(c.split for c in cases):
+        return cases
+    return chosen
+
+
 def write_dataset_json(root: str | os.PathLike, name: str, modality: str, cases: list[dict],
                        labels: dict[str, str] | None = None, overwrite: bool = False, **extra) -> Path:
     """Write `root/dataset.json` atomically.  `cases` are dicts in the file's form (paths

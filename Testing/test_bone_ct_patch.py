@@ -15,7 +15,10 @@ from LesionDetectLib.dataset import write_dataset_json
 from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.methods import get_method
-from LesionDetectLib.methods.bone_ct_patch import evaluation, network, parsing, patches
+from LesionDetectLib.methods.bone_ct_patch import data as patches
+from LesionDetectLib.methods.bone_ct_patch import evaluation, network, parsing
+from LesionDetectLib.metrics.matching import match_detections, point_hits
+from LesionDetectLib.metrics.thresholds import fmax_threshold
 from LesionDetectLib.prediction import LesionBox, LesionPoint, read_prediction
 from LesionDetectLib.training import merge_config, read_config
 
@@ -374,16 +377,16 @@ def test_patch_metrics_match_hand_counts():
     # AUC: positive-negative pairs ranked correctly
     pairs = [(p > n) + 0.5 * (p == n) for p in scores[labels == 1] for n in scores[labels == 0]]
     assert m["auc"] == pytest.approx(np.mean(pairs))
-    assert evaluation.fmax_threshold(labels, scores) == pytest.approx(0.2)  # F = 0.75 there (P 3/5, R 1)
+    assert fmax_threshold(labels, scores) == pytest.approx(0.2)  # F = 0.75 there (P 3/5, R 1)
 
 
 def test_candidates_hit_boxes_and_points():
     box = LesionBox(center=(0, 0, 0), size=(10, 4, 4), axes=np.eye(3)[:, [1, 0, 2]].ravel())  # long along y
-    assert evaluation.hits(LesionPoint((0, 4.5, 0)), box, 0)
-    assert not evaluation.hits(LesionPoint((4.5, 0, 0)), box, 0)
+    assert point_hits([LesionPoint((0, 4.5, 0))], [box], 0)[0, 0]
+    assert not point_hits([LesionPoint((4.5, 0, 0))], [box], 0)[0, 0]
     lesion = LesionPoint((10, 10, 10))
     cands = [LesionPoint((10, 13, 10), 0.4), LesionPoint((10, 11, 10), 0.7), LesionPoint((50, 0, 0), 0.9)]
-    fps, best = evaluation.match_candidates(cands, [lesion, LesionPoint((-50, 0, 0))], hit_radius_mm=5)
+    fps, best = match_detections([c.score for c in cands], point_hits(cands, [lesion, LesionPoint((-50, 0, 0))], 5))
     assert fps == [0.9] and best == [0.7, None]
 
 
@@ -524,7 +527,7 @@ def test_train_infer_evaluate_end_to_end(tmp_path, run_cli):
 
 
 def test_bone_ct_parse_benchmark_reports_its_keys():
-    from LesionDetectLib.methods.bone_ct_patch.bench import bone_ct_parse, pelvis_slice
+    from LesionDetectLib.bench.bone_ct_parse import bone_ct_parse, pelvis_slice
 
     hu, bone = pelvis_slice(size=128, spacing=3.2)
     assert bone.mean() == pytest.approx(0.08, abs=0.003)

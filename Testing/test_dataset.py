@@ -242,3 +242,72 @@ def test_split_seed_changes_assignment_and_fractions_are_checked():
         split_by_patient(cases, {"train": -0.1, "test": 1.1})
     with pytest.raises(LesionDetectError, match="split fractions"):
         split_by_patient(cases, {"train": 0.0})
+
+
+# --- the one case-selection policy: split_cases / cases_for ----------------------------------------
+
+def test_split_cases_by_patient_when_the_dataset_has_no_splits():
+    from LesionDetectLib.dataset import split_cases
+
+    rng = random.Random(99)
+    for trial in range(100):
+        cases = _cases(rng)
+        fractions = rng.choice([{"train": 0.72, "val": 0.10, "test": 0.18}, {"train": 0.85, "val": 0.15},
+                                {"train": 1.0}, {"train": 0.8, "validation": 0.2}])
+        seed = rng.randint(0, 1000)
+        parts = split_cases(cases, fractions, seed=seed)
+        assert list(parts) == ["train", "val", "test"]
+        assert sorted(c.id for p in parts.values() for c in p) == sorted(c.id for c in cases)
+        owner = {}
+        for name, members in parts.items():
+            for c in members:
+                assert owner.setdefault(c.patient, name) == name, (trial, c.patient)
+        expected = split_by_patient(cases, {"val" if k == "validation" else k: v for k, v in fractions.items()}, seed)
+        assert {k: v for k, v in parts.items() if v or k in expected} == expected
+        assert split_cases(cases, fractions, seed=seed) == parts  # same seed, same parts
+    cases = [Case(id=str(n), patient=f"p{n}", image=None) for n in range(40)]
+    assert split_cases(cases, {"train": 0.5, "test": 0.5}, 0) != split_cases(cases, {"train": 0.5, "test": 0.5}, 1)
+    with pytest.raises(LesionDetectError, match="unknown split 'holdout'"):
+        split_cases(cases, {"train": 0.8, "holdout": 0.2})
+
+
+def test_split_cases_honours_the_dataset_splits():
+    from LesionDetectLib.dataset import split_cases
+
+    cases = [Case("a", "p1", None, split="train"), Case("b", "p2", None, split="validation"),
+             Case("c", "p3", None, split="val"), Case("d", "p4", None, split="test"),
+             Case("e", "p5", None), Case("f", "p6", None, split="extra"), Case("g", "p1", None, split="train")]
+    for fractions in ({"train": 0.5, "test": 0.5}, {"train": 1.0}):  # fractions are not used
+        parts = split_cases(cases, fractions, seed=3)
+        assert {k: [c.id for c in v] for k, v in parts.items()} == {"train": ["a", "g"], "val": ["b", "c"],
+                                                                    "test": ["d"]}
+    only_train = [Case("a", "p1", None, split="train"), Case("b", "p2", None)]
+    assert {k: [c.id for c in v] for k, v in split_cases(only_train, {"train": 1.0}).items()} == \
+        {"train": ["a"], "val": [], "test": []}
+
+
+def test_cases_for():
+    from LesionDetectLib.dataset import cases_for
+
+    plain = [Case(id=str(n), patient=f"p{n // 2}", image=None) for n in range(20)]
+    fractions = {"train": 0.7, "test": 0.3}
+    test = cases_for(plain, "test", fractions, seed=4)
+    train = cases_for(plain, "train", fractions, seed=4)
+    assert 0 < len(test) < 20 and {c.patient for c in test}.isdisjoint({c.patient for c in train})
+    assert sorted(c.id for c in test + train) == sorted(c.id for c in plain)
+    assert cases_for(plain, "test", fractions, seed=4) == test
+    # a dataset without splits is trained and tested whole: an empty part gives every case
+    assert cases_for(plain, "test", {"train": 1.0}) == plain
+    assert cases_for(plain, "val", fractions) == plain
+    assert cases_for(plain, "validation", fractions) == plain
+    assert cases_for(plain, "all", fractions) == plain
+    assert cases_for([], "test", fractions) == []
+    # with the dataset's own splits, an empty part stays empty
+    split = [Case("a", "p1", None, split="train"), Case("b", "p2", None, split="validation"),
+             Case("c", "p3", None)]
+    assert [c.id for c in cases_for(split, "val", fractions)] == ["b"]
+    assert [c.id for c in cases_for(split, "validation", fractions)] == ["b"]
+    assert cases_for(split, "test", fractions) == []
+    assert [c.id for c in cases_for(split, "all", fractions)] == ["a", "b", "c"]
+    with pytest.raises(LesionDetectError, match="unknown split 'holdout'.*train, val.*test, all"):
+        cases_for(split, "holdout", fractions)

@@ -15,11 +15,12 @@ from LesionDetectLib.dataset import load_dataset, write_dataset_json
 from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.methods import get_method
-from LesionDetectLib.methods.liver_frcnn import (KeySliceSamples, case_stacks, match_detections, froc_of,
+from LesionDetectLib.methods.liver_frcnn import (KeySliceSamples, case_stacks, froc_of,
                                                  key_slices)
 from LesionDetectLib.methods.liver_frcnn.slices import (neighbour_offset, parse_slice_range, three_slice_stack,
                                                         window_to_uint8)
 from LesionDetectLib.methods.liver_frcnn.volume import SliceLinker, chains_to_boxes, iou_3d, nms_3d
+from LesionDetectLib.metrics import matching
 from LesionDetectLib.metrics.froc import froc_summary
 from LesionDetectLib.models import ModelCard
 
@@ -197,6 +198,11 @@ def test_overlapping_3d_boxes_are_suppressed():
 
 
 # --- FROC --------------------------------------------------------------------------------------
+
+def match_detections(boxes, scores, truth, iou_threshold):
+    """The DeepLesion rule the method evaluates with: the shared matching with box_hits."""
+    return matching.match_detections(scores, matching.box_hits(boxes, truth, iou_threshold))
+
 
 def test_matching_counts_each_lesion_once():
     truth = np.array([[10, 10, 20, 20], [40, 40, 50, 50]], dtype=float)
@@ -386,7 +392,7 @@ def test_baseline_regressors_train_and_report_iou_sensitivity(tmp_path, variant)
 
 def test_regressor_learns_a_box():
     """The MSE baseline can fit one lesion's box (the paper's training-set behaviour)."""
-    from LesionDetectLib.methods.liver_frcnn.networks import BoxRegressor
+    from LesionDetectLib.methods.liver_frcnn.network import BoxRegressor
 
     torch.manual_seed(0)
     net = BoxRegressor(3, 32, width=8)

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from LesionDetectLib.metrics import lesionwise as lw
 from LesionDetectLib.methods import get_method
+from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.methods import ms_flair_fcn as msf
 
 
@@ -169,17 +170,19 @@ def test_unet_group_norm_option_uses_per_image_statistics():
     x = torch.randn(2, 3, 24, 24)
     with torch.inference_mode():  # an image's output does not depend on the others in the batch
         assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-5)
-    with pytest.raises(msf.LesionDetectError, match="unet_norm"):
+    with pytest.raises(LesionDetectError, match="unet_norm"):
         msf.build_network({**config, "unet_norm": "layer"})
 
 
 def test_fmax_threshold_is_the_exhaustive_best():
-    from sklearn.metrics import f1_score, precision_recall_curve
+    from sklearn.metrics import f1_score
+
+    from LesionDetectLib.metrics.thresholds import fmax_threshold
 
     rng = np.random.default_rng(1)
     truth = rng.random(400) > 0.8
     score = np.clip(truth * 0.3 + rng.random(400) * 0.7, 0, 1)
-    th = msf.fmax_threshold(truth, score, precision_recall_curve)
+    th = fmax_threshold(truth, score)
     best = max(f1_score(truth, score >= t) for t in np.unique(score))
     assert f1_score(truth, score >= th) == pytest.approx(best)
 
@@ -350,12 +353,6 @@ def test_predict_keeps_an_oblique_anisotropic_input_geometry():
     assert pred.threshold == 0.5
     for box in pred.boxes:
         assert {"volume_mm3", "centroid_lps", "max_probability"} <= set(box.extra)
-
-
-def test_bench_is_registered():
-    from LesionDetectLib.commands.bench import BENCHMARKS
-
-    assert BENCHMARKS["ms-flair"] is msf.benchmark
 
 
 # --- real data -----------------------------------------------------------------------------

@@ -1,56 +1,40 @@
-"""`lesiondetect bench NAME [--json [FILE]]`: timing and memory benchmarks, one per name.
+"""`lesiondetect bench NAME [--quick] [--json [FILE]]` and `lesiondetect bench --list`.
 
-A benchmark is a function registered with `@register_benchmark("name")` in a method module
-(methods are imported when the parser is built, so their benchmarks are found).  It takes
-no arguments and returns a flat dict of measurements; this command prints it as a table, or
-as JSON with --json (to stdout, or to FILE).
+Runs one benchmark of LesionDetectLib.bench and prints its measurements as a table, or as
+JSON with --json (to stdout, or to FILE).
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from typing import Any, Callable
-
-BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {}
-
-
-def register_benchmark(name: str):
-    """Decorator: make a benchmark function runnable as `lesiondetect bench NAME`."""
-    def decorate(fn: Callable[[], dict[str, Any]]):
-        BENCHMARKS[name] = fn
-        return fn
-
-    return decorate
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of `repeats` calls of fn (warm up before calling this)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def add_parser(sub) -> None:
-    from ..methods import method_names
-
-    method_names()  # imports every method module, which registers its benchmarks
     p = sub.add_parser("bench", help="measure speed and memory of a method",
-                       description="Runs a registered benchmark: " + ", ".join(sorted(BENCHMARKS)) + ".")
-    p.add_argument("name", choices=sorted(BENCHMARKS))
+                       description="Runs a benchmark (lesiondetect bench --list names them).")
+    p.add_argument("name", nargs="?", help="the benchmark to run")
+    p.add_argument("--list", action="store_true", help="name every benchmark and what it measures")
+    p.add_argument("--quick", action="store_true",
+                   help="the same measurements on tiny sizes (seconds; checks that the benchmark runs)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="print the measurements as JSON (or write them to FILE)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from .. import bench
+    from ..errors import LesionDetectError
     from ..files import write_json
 
-    results = BENCHMARKS[args.name]()
+    if args.list:
+        names = bench.names()
+        width = max(len(n) for n in names)
+        for name in names:
+            print(f"{name:{width}s}  {bench.describe(name)}")
+        return 0
+    if not args.name:
+        raise LesionDetectError(f"name a benchmark: {', '.join(bench.names())} (or --list)")
+    results = bench.run(args.name, quick=args.quick)
     if args.json == "-":
         print(json.dumps(results, indent=2))
     else:

@@ -1,11 +1,14 @@
-"""The method plug-ins, one module per paper, registered by name.
+"""The method plug-ins, one package per paper, registered by name.
 
-    bone_ct_patch.py   000  bone lesions in CT: 15 mm patch classifier, dense volume parsing
-    ms_flair_fcn.py    004  MS plaques in FLAIR: six-layer fully convolutional filter
-    liver_frcnn.py     003  liver lesions in CT: Faster R-CNN on 3-slice input
+    bone_ct_patch/  000  bone lesions in CT: 15 mm patch classifier, dense volume parsing
+    liver_frcnn/    003  liver lesions in CT: Faster R-CNN on 3-slice input
+    ms_flair_fcn/   004  MS plaques in FLAIR: fully convolutional filter
 
-Every plug-in subclasses `base.Method`; `get_method(name)` finds it.  The training loop,
-checkpointing, device selection and seeding are shared (`LesionDetectLib.training`).
+Every package has the same shape: `__init__.py` registers and re-exports, `method.py` holds
+the `base.Method` subclass, `network.py` the torch modules, `data.py` preprocessing and
+training samples, and any further method-specific part a file of its own.  The training
+loop is shared (`LesionDetectLib.training`); evaluation measures come from
+`LesionDetectLib.metrics`; benchmarks live above the methods in `LesionDetectLib.bench`.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ _REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a Method findable by its `name`."""
+    """Make a Method findable by its `name` (each method package's __init__ calls this)."""
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
+        if info.ispkg:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
@@ -39,5 +42,5 @@ def method_names() -> list[str]:
 def get_method(name: str) -> Method:
     _load_all()
     if name not in _REGISTRY:
-        raise LesionDetectError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY)) or 'none'}")
+        raise LesionDetectError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()

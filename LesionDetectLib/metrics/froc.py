@@ -1,8 +1,9 @@
 """FROC: lesion sensitivity against false positives per image (or per volume).
 
-Matching a detection to a lesion is the method's business (a point inside a lesion box for
-000, IoU >= 0.5 for 003); this module takes the matched result, exactly as MONAI's
-`compute_froc_curve_data(fp_probs, tp_probs, num_targets, num_images)` does:
+Matching a detection to a lesion is `metrics.matching`'s business (the hit rule a method
+chooses: a point inside a lesion box for 000, IoU >= 0.5 for 003); this module takes the
+matched result, exactly as MONAI's `compute_froc_curve_data(fp_probs, tp_probs, num_targets,
+num_images)` does:
 
 - `fp_scores`: the score of every detection that hit no lesion;
 - `lesion_scores`: per annotated lesion, the highest score of the detections that hit it
@@ -25,7 +26,19 @@ FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 def froc_curve(fp_scores: Sequence[float], lesion_scores: Sequence[float | None], n_images: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positives per image, sensitivity, thresholds), thresholds descending."""
+    """(false positives per image, sensitivity, thresholds), thresholds descending.
+
+    Arguments:
+        fp_scores: the score of every detection that hit no lesion (all images together).
+        lesion_scores: per annotated lesion, the highest score of the detections that hit
+            it, or None when none did (`metrics.matching.match_detections` gives both).
+        n_images: how many images (or volumes) the detections come from, >= 1.
+
+    Returns:
+        One operating point per distinct score t of fp_scores and lesion_scores (highest
+        first): false positives with score >= t per image, and the fraction of all lesions
+        (found or not) whose score is >= t.
+    """
     if n_images <= 0:
         raise ValueError("FROC needs at least one image")
     fp = np.asarray(fp_scores, dtype=float)
@@ -38,13 +51,28 @@ def froc_curve(fp_scores: Sequence[float], lesion_scores: Sequence[float | None]
 
 
 def sensitivity_at(fps: np.ndarray, sens: np.ndarray, rate: float) -> float:
-    """Best sensitivity reachable with at most `rate` false positives per image."""
+    """Best sensitivity reachable with at most `rate` false positives per image.
+
+    Arguments:
+        fps, sens: a curve from `froc_curve`.
+        rate: false positives per image allowed.
+    """
     ok = fps <= rate + 1e-12
     return float(sens[ok].max()) if ok.any() else 0.0
 
 
 def froc_summary(fp_scores, lesion_scores, n_images: int, rates=FP_RATES) -> dict:
-    """{"froc": {"0.5": s, "1": s, ...}, "froc_mean": mean, "curve": {...}, counts}."""
+    """{"froc": {"0.5": s, "1": s, ...}, "froc_mean": mean, "curve": {...}, counts}.
+
+    Arguments:
+        fp_scores, lesion_scores, n_images: as for `froc_curve`.
+        rates: the false-positive rates per image to read the sensitivity at (default
+            0.5, 1, 2, 4, 8); "froc_mean" is the mean of those sensitivities.
+
+    Returns:
+        {"froc": {rate key: sensitivity}, "froc_mean", "curve": {"fp_per_image",
+        "sensitivity", "threshold"} (lists), "lesions", "images"}.
+    """
     fps, sens, thr = froc_curve(fp_scores, lesion_scores, n_images)
     table = {_key(r): sensitivity_at(fps, sens, r) for r in rates}
     return {
@@ -61,7 +89,13 @@ def _key(rate: float) -> str:
 
 
 def plot_froc(summary: dict, path, title: str = "FROC") -> None:
-    """Save the curve (log-scaled FP axis) with the standard operating points marked."""
+    """Save the curve (log-scaled FP axis) with the standard operating points marked.
+
+    Arguments:
+        summary: a `froc_summary` result (or metrics holding its "froc", "froc_mean", "curve").
+        path: the image file to write (format from its extension, e.g. .png).
+        title: the plot's title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,6 +37,11 @@ ALPHA, BETA, GAMMA, MIN_VOLUME_MM3 = 0.10, 0.70, 0.65, 3.0
 # --- pixels -----------------------------------------------------------------------------
 
 def pixel_counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """{"tp", "fp", "fn"} voxel counts.
+
+    Arguments:
+        truth, pred: arrays of one shape; values > 0 are lesion.
+    """
     truth, pred = np.asarray(truth) > 0, np.asarray(pred) > 0
     if truth.shape != pred.shape:
         raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")

@@ -35,10 +35,11 @@ from scipy import ndimage  # noqa: E402
 from LesionDetectLib.commands.train import parse_key_values  # noqa: E402
 from LesionDetectLib.dataset import load_dataset  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
-from LesionDetectLib.methods.bone_ct_patch import evaluation, parsing  # noqa: E402
+from LesionDetectLib.methods.bone_ct_patch import parsing  # noqa: E402
+from LesionDetectLib.metrics.matching import match_detections, point_hits  # noqa: E402
 from LesionDetectLib.metrics.froc import froc_summary  # noqa: E402
 from LesionDetectLib.prediction import LesionPoint  # noqa: E402
-from LesionDetectLib.training import load_trained  # noqa: E402
+from LesionDetectLib.training import check_config, config_defaults, load_trained, merge_config  # noqa: E402
 
 OUT = ROOT / "Resources" / "benchmarks"
 
@@ -64,7 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="parse option, e.g. parse_tile=64")
     args = ap.parse_args(argv)
     method, model, card, device = load_trained(args.model)
-    config = {**card.config, **parse_key_values(args.set)}
+    options = parse_key_values(args.set)
+    check_config(options, merge_config(config_defaults(method), card.config), "--set", method.name)
+    config = {**card.config, **options}
     cases = method.split_cases(load_dataset(args.data), config)[args.split]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
         for name, (kind, radius, sigma) in RULES.items():
             score_map = prob if kind == "peak" else bone_mean(prob, bone, geometry.spacing, sigma)
             candidates = parsing.find_candidates(score_map, geometry, min_score, radius, int(config["max_candidates"]))
-            fps, best = evaluation.match_candidates(candidates, lesions, hit_mm)
+            fps, best = match_detections([c.score for c in candidates], point_hits(candidates, lesions, hit_mm))
             found[name][0].extend(fps)
             found[name][1].extend(best)
         print(case.id, "done", flush=True)

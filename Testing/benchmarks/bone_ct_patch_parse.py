@@ -4,7 +4,7 @@
         [--context [--context-model CONTEXT_MODEL]] [--tiles 16 64] [--precisions float32 bfloat16] \
         [--slices 3] [--patch-sample 128]
 
-Runs `bone_ct_patch.bench.bone_ct_parse` (what `lesiondetect bench bone-ct-parse` runs with a
+Runs `LesionDetectLib.bench.bone_ct_parse` (what `lesiondetect bench bone-ct-parse` runs with a
 randomly initialised paper network) with the given trained models, so that max |dp| is
 measured on a network whose probabilities actually vary.  The fast model (config fast.json:
 32 px patches) is also run at parse stride 32.  `--context` adds the paper network with 96 px
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
-from LesionDetectLib.methods.bone_ct_patch.bench import bone_ct_parse  # noqa: E402
+from LesionDetectLib.bench.bone_ct_parse import bone_ct_parse  # noqa: E402
 from LesionDetectLib.training import load_trained  # noqa: E402
 
 OUT = ROOT / "Resources" / "benchmarks"

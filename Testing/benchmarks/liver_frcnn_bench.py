@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from LesionDetectLib.methods.liver_frcnn import benchmark  # noqa: E402
+from LesionDetectLib.bench.liver_frcnn import benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -20,12 +20,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
+from sklearn.metrics import average_precision_score  # noqa: E402
 
 from LesionDetectLib.dataset import load_dataset, read_mask  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
 from LesionDetectLib.io import read_image  # noqa: E402
-from LesionDetectLib.methods.ms_flair_fcn import fmax_threshold  # noqa: E402
+from LesionDetectLib.metrics.thresholds import fmax_threshold  # noqa: E402
 from LesionDetectLib.metrics.lesionwise import pixel_counts, pixel_scores  # noqa: E402
 from LesionDetectLib.training import load_trained  # noqa: E402
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         truth = read_mask(test.mask).astype(bool)
         keep = (prob > 0) | truth  # pixels at 0 are negative at every threshold > 0
         # the same F-max search that chose the training threshold, run on the test case itself
-        oracle = fmax_threshold(truth[keep], prob[keep], precision_recall_curve)
+        oracle = fmax_threshold(truth[keep], prob[keep])
         stored = float(card.thresholds["pixel"])
         rows.append({"test_case": test.id, "threshold_from_training": stored, "f_at_training_threshold":
                      pixel_f(prob, truth, stored), "f_at_0.5": pixel_f(prob, truth, 0.5),

@@ -4,29 +4,17 @@ Patch level, on the test patches: precision, recall, F-score at the model's thre
 (chosen on validation patches), AUC (scikit-learn), confusion matrix.  Several trained
 models of one experiment (different seeds) give mean +- SD, printed in Table 2's layout.
 
-Lesion level, on whole volumes: candidates (local maxima of the parsed probability map)
-against annotated lesions.  A candidate hits a lesion box when it lies inside the box, and
-a lesion point when it lies within `hit_radius_mm` of it; FROC from metrics.froc.
+Lesion level (method.lesion_level): candidates against annotated lesions with the shared
+matching of metrics.matching (inside a lesion box, or within `hit_radius_mm` of a lesion
+point) and FROC of metrics.froc.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_curve, precision_score, recall_score, \
-    roc_auc_score
-
-from ...prediction import LesionBox, LesionPoint
+from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
 SUMMARY_KEYS = ("precision", "recall", "f", "auc")
-
-
-def fmax_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold that maximises the F-score (scikit-learn's PR curve)."""
-    if len(np.unique(labels)) < 2:
-        return 0.5
-    p, r, t = precision_recall_curve(labels, scores)
-    f = 2 * p[:-1] * r[:-1] / np.clip(p[:-1] + r[:-1], 1e-12, None)
-    return float(t[int(np.argmax(f))])
 
 
 def patch_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -43,32 +31,6 @@ def patch_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
         "confusion_matrix": {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)},
         "patches": {"lesion": int(labels.sum()), "non_lesion": int((1 - labels).sum())},
     }
-
-
-# --- lesion level --------------------------------------------------------------------------------
-
-def hits(candidate: LesionPoint, lesion, hit_radius_mm: float) -> bool:
-    p = np.asarray(candidate.position)
-    if isinstance(lesion, LesionBox):
-        axes = np.asarray(lesion.axes).reshape(3, 3)
-        local = (p - np.asarray(lesion.center)) @ axes  # coordinates along the box's axes
-        return bool(np.all(np.abs(local) <= np.asarray(lesion.size) / 2 + 1e-9))
-    return bool(np.linalg.norm(p - np.asarray(lesion.position)) <= hit_radius_mm)
-
-
-def match_candidates(candidates: list[LesionPoint], lesions: list, hit_radius_mm: float
-                     ) -> tuple[list[float], list[float | None]]:
-    """(scores of candidates hitting no lesion, per lesion the best score hitting it or None)."""
-    fp_scores, best = [], [None] * len(lesions)
-    for c in candidates:
-        hit_any = False
-        for k, lesion in enumerate(lesions):
-            if hits(c, lesion, hit_radius_mm):
-                hit_any = True
-                best[k] = c.score if best[k] is None else max(best[k], c.score)
-        if not hit_any:
-            fp_scores.append(c.score)
-    return fp_scores, best
 
 
 # --- several runs, Table 2 ------------------------------------------------------------------------

@@ -18,16 +18,11 @@ module computes the same map densely, slice by slice:
 3. Map.  Node probabilities are interpolated bilinearly to every bone voxel; outside the
    bone mask the map is 0.  The map has the CT's geometry.
 
-Memory is bounded by one slice plus one band region (the volume itself and the float32
-map aside).  Differences from patch-by-patch evaluation have three sources, measured by
-`lesiondetect bench bone-ct-parse` (max |dp| at the nodes and at bone voxels) and tested:
-(1) at the nodes, the zero padding VGG applies beyond a patch's input is replaced, inside a
-region, by the real neighbouring image.  That is the whole difference for the paper's
-context-free patches (up to 0.97 for the trained 3C-RI) and nothing (float rounding) for a
-model with `context_pixels` >= 90 (network.py), which is why the context configs exist;
-(2) between grid nodes the map is interpolated, not evaluated (smaller stride, less);
-(3) with `parse_precision` bfloat16 the network runs in bfloat16 (tested within 0.02 of
-float32 on a small network; 0.004 at the nodes of the trained context model in the bench).
+Memory is bounded by one slice plus one band region.  Differences from patch-by-patch
+evaluation (measured by `lesiondetect bench bone-ct-parse`, results in the README): at the
+nodes, VGG's zero padding beyond a context-free patch is real image inside a region (none
+for a model with `context_pixels` >= 90, network.py); between nodes the map is
+interpolated; `parse_precision` bfloat16 runs the network in bfloat16.
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ from ...geometry import Geometry
 from ...prediction import LesionPoint
 from ...progress import progress
 from .network import DenseNet, PatchNet, dense_flops
-from .patches import extract_patches, pixel_step, sample_slice
+from .data import extract_patches, pixel_step, sample_slice
 
 
 @dataclass
