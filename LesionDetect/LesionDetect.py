@@ -2,15 +2,15 @@
 export the corrected result as training annotations.
 
 Module / Widget / Logic / Test in the form of Slicer's scripted-module template.  The widget
-only wires the .ui to the logic; the logic runs `lesiondetect infer` (LesionDetectLib's
-command) under Slicer's Python as a child process and turns its result into MRML nodes with
-the Qt-free adapter package LesionDetectMRML (tested outside Slicer against slicer-core).
-Python dependencies are checked and installed on first use, never at import time.
+only wires the .ui to the logic.  The logic's body is the Qt-free LesionDetectMRML.logic
+(child-process run of `lesiondetect infer`, result as MRML nodes, live display, export; tested
+outside Slicer against slicer-core); the class here gives it Slicer's scene, the real runner and
+a QTimer, and installs Python dependencies (LesionDetectMRML.dependencies) on first use, never
+at import time.
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import tempfile
@@ -41,11 +41,13 @@ for _path in (str(LIBRARY_PARENT), str(MODULE_DIR)):
     if _path not in sys.path:
         sys.path.append(_path)
 
+# The Qt-free body of the logic and the child-process runner (standard library only at import).
+from LesionDetectMRML import process  # noqa: E402
+from LesionDetectMRML.logic import DetectionLogic  # noqa: E402
+
 DEVICES = ["auto", "cpu", "cuda"]
 SAMPLE_STUDIES = {"bone-ct": "bone CT", "ms-flair": "FLAIR MRI", "liver-ct": "liver CT"}  # LesionDetectLib.synth kinds
 SAMPLE_CATEGORY = "LesionDetect"
-TORCH_REQUIREMENT = ">=2.1"
-TORCHVISION_REQUIREMENT = ">=0.16"
 POLL_INTERVAL_MS = 200
 
 
@@ -286,96 +288,23 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # LesionDetectLogic
 #
 
-class LesionDetectLogic(ScriptedLoadableModuleLogic):
-    """Runs the detector and manages its result in the scene; works without the GUI."""
+class LesionDetectLogic(DetectionLogic, ScriptedLoadableModuleLogic):
+    """The module's logic: LesionDetectMRML.logic.DetectionLogic (the detector run, the result in the
+    scene; tested outside Slicer) on Slicer's scene with a real child process polled by a QTimer,
+    plus what only Slicer has: the parameter node, PythonSlicer and installing into its Python.
+
+    DetectionLogic comes first: ScriptedLoadableModuleLogic.__init__ calls super().__init__()
+    without arguments, which must reach object, not DetectionLogic."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.result = None  # LesionDetectMRML.overlay.PredictionNodes of the last run
-        self.prediction = None  # the model's own output, for the export's "corrected" flag
-        self.userBoxes = []  # ROIs the user drew after the run
-        self.lastRunCancelled = False
-        self._child = None
-        self._job = None
-        self._timer = None
-        self._display = None  # (threshold, minimum score, opacity) last applied
+        DetectionLogic.__init__(self, slicer.mrmlScene, slicer.modules.segmentations.logic(),
+                                runner=process.ChildProcess, app_logic=slicer.app.applicationLogic(),
+                                python=self.pythonExecutable(), library_parent=LIBRARY_PARENT,
+                                temp_dir=slicer.app.temporaryPath, poll_scheduler=_pollWithTimer)
 
     def getParameterNode(self):
         return LesionDetectParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def isSet(path) -> bool:
-        """An optional path parameter holds something (an empty one reads back as '.')."""
-        return path is not None and str(path) not in ("", ".")
-
-    @staticmethod
-    def methodNames() -> list[str]:
-        from LesionDetectMRML.process import available_methods
-
-        return available_methods(LIBRARY_PARENT / "LesionDetectLib")
-
-    # --- dependencies -------------------------------------------------------------------
-
-    @staticmethod
-    def requirementsPath() -> Path:
-        return MODULE_DIR / "Resources" / "requirements.txt"
-
-    def ensureDependencies(self) -> None:
-        """Install what LesionDetectLib needs into Slicer's Python, once, on first use.
-
-        torch/torchvision through the PyTorch extension's PyTorchUtils (it picks the build
-        that matches the GPU); the rest from requirements.txt with slicer.packaging.pip_ensure
-        (Slicer 5.12+: asks, shows progress, skips in testing mode) or slicer.util.pip_install.
-        """
-        self._ensureTorch()
-        if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
-            slicer.packaging.pip_ensure(slicer.packaging.load_requirements(str(self.requirementsPath())),
-                                        requester="LesionDetect")
-            return
-        missing = [line for line in self._requirementLines() if not self._distributionInstalled(line)]
-        if missing:
-            if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
-                    _("LesionDetect needs these Python packages, which will be installed now:\n{packages}").format(
-                        packages="\n".join(missing))):
-                raise RuntimeError(_("The required Python packages are not installed."))
-            slicer.util.pip_install(missing)
-
-    def _ensureTorch(self) -> None:
-        try:
-            import torch  # noqa: F401
-            import torchvision  # noqa: F401
-            return
-        except ImportError:
-            pass
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise RuntimeError(_("LesionDetect needs PyTorch: install the 'PyTorch' extension from the "
-                                 "Extensions Manager, restart Slicer and try again.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT,
-                                            torchvisionVersionRequirement=TORCHVISION_REQUIREMENT)
-            if torch is None:
-                raise RuntimeError(_("PyTorch is required; it was not installed."))
-
-    def _requirementLines(self) -> list[str]:
-        lines = self.requirementsPath().read_text(encoding="utf-8").splitlines()
-        return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
-
-    @staticmethod
-    def _distributionInstalled(requirement: str) -> bool:
-        import importlib.metadata
-        import re
-
-        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-        try:
-            importlib.metadata.version(name)
-            return True
-        except importlib.metadata.PackageNotFoundError:
-            return False
-
-    # --- running the detector -----------------------------------------------------------
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -387,213 +316,59 @@ class LesionDetectLogic(ScriptedLoadableModuleLogic):
                     return str(candidate)
         return shutil.which("PythonSlicer") or sys.executable
 
-    def isRunning(self) -> bool:
-        return self._child is not None
+    @staticmethod
+    def requirementsPath() -> Path:
+        return MODULE_DIR / "Resources" / "requirements.txt"
 
-    def inferenceCommand(self, inputPath, outDir, method=None, model=None, threshold=None, device="auto") -> list:
-        from LesionDetectMRML import process
+    def ensureDependencies(self) -> None:
+        """Install what LesionDetectLib needs into Slicer's Python, on first use (see
+        LesionDetectMRML/dependencies.py): torch/torchvision at the pins of requirements.txt
+        through PyTorchUtils, the rest with Slicer's pip."""
+        from LesionDetectMRML import dependencies
 
-        model = model if self.isSet(model) else None
-        return process.infer_command(self.pythonExecutable(), input_path=inputPath, out_dir=outDir, model=model,
-                                     method=None if model else method, threshold=threshold, device=device)
-
-    def startInference(self, inputVolume, method=None, model=None, threshold=None, device="auto", opacity=0.5,
-                       onProgress=None, onFinished=None, waitForCompletion=False):
-        """Run `lesiondetect infer` on `inputVolume` in a child process.
-
-        Non-blocking by default: progress goes to onProgress(fraction, text), the end to
-        onFinished(PredictionNodes or None, error text or None).  waitForCompletion=True
-        blocks (tests, batch) and returns the PredictionNodes or raises.  The scene is only
-        changed once the child has succeeded, so a cancel or a failure leaves it as it was.
-        """
-        from LesionDetectLib.io import write_image
-        from LesionDetectMRML import convert, process
-
-        if self.isRunning():
-            raise RuntimeError(_("A detection is already running."))
-        if inputVolume is None:
-            raise ValueError(_("Select an input volume."))
-        workDir = Path(tempfile.mkdtemp(prefix="LesionDetect-", dir=slicer.app.temporaryPath))
-        try:
-            inputPath = write_image(convert.volume_to_image(inputVolume), workDir / "input.nrrd")
-            args = self.inferenceCommand(inputPath, workDir / "prediction", method=method, model=model,
-                                         threshold=threshold, device=device)
-            self._child = process.ChildProcess(args, env=process.library_env(LIBRARY_PARENT))
-        except Exception:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
-        self.lastRunCancelled = False
-        self._job = {"workDir": workDir, "inputVolume": inputVolume, "opacity": opacity,
-                     "onProgress": onProgress, "onFinished": onFinished}
-        if waitForCompletion:
-            code = self._child.wait(on_progress=lambda p: onProgress and onProgress(p.fraction, p.text))
-            result, error = self._finish(code)
-            if error is not None:
-                raise RuntimeError(error)
-            return result
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self._poll)
-        self._timer.start()
-        return None
-
-    def _poll(self) -> None:
-        if self._child is None:
-            return
-        reports, code = self._child.poll()
-        onProgress = self._job["onProgress"]
-        for report in reports:
-            if onProgress:
-                onProgress(report.fraction, report.text)
-        if code is not None:
-            self._timer.stop()
-            self._timer = None
-            self._finish(code)
-
-    def cancel(self) -> None:
-        """Stop the running detection and every process it started; the scene stays as it was."""
-        if self._child is not None:
-            self._child.cancel()
-            if self._timer is None:  # blocking mode finishes in wait()
-                return
-            self._timer.stop()
-            self._timer = None
-            self._finish(self._child.wait())
-
-    def _finish(self, code: int):
-        from LesionDetectLib.prediction import read_prediction
-
-        child, job = self._child, self._job
-        self._child, self._job = None, None
-        result, error = None, None
-        try:
-            if child.cancelled:
-                self.lastRunCancelled = True
-                error = _("Cancelled.")
-            elif code != 0:
-                error = child.output_tail() or _("The detector stopped with exit code {code}.").format(code=code)
-            else:
-                prediction = read_prediction(job["workDir"] / "prediction")
-                result = self.showPrediction(job["inputVolume"], prediction, opacity=job["opacity"])
-        except Exception as exc:  # a result that cannot be read is reported like a failed run
-            logging.exception("LesionDetect: reading the result failed")
-            error = str(exc)
-        finally:
-            shutil.rmtree(job["workDir"], ignore_errors=True)
-        if job["onFinished"]:
-            job["onFinished"](result, error)
-        return result, error
-
-    # --- result in the scene ------------------------------------------------------------
-
-    def showPrediction(self, inputVolume, prediction, threshold=None, opacity=0.5):
-        """Add a Prediction's nodes to the scene (styled) and make it the current result."""
-        from LesionDetectMRML import overlay
-
-        self.result = overlay.add_prediction(slicer.mrmlScene, slicer.modules.segmentations.logic(), inputVolume,
-                                             prediction, threshold=threshold, opacity=opacity)
-        self.prediction = prediction
-        self.userBoxes = []
-        self._display = (self.result.threshold, 0.0, opacity)
-        return self.result
-
-    def forgetResult(self) -> None:
-        self.result, self.prediction, self.userBoxes, self._display = None, None, [], None
-
-    def displayChanged(self, threshold: float, minimumScore: float, opacity: float) -> bool:
-        return self._display != (threshold, minimumScore, opacity)
-
-    def updateDisplay(self, threshold: float, minimumScore: float, opacity: float) -> None:
-        """Apply threshold (re-threshold, no model run), score filter and overlay opacity."""
-        from LesionDetectMRML import overlay
-
-        if self.result is None:
-            return
-        previous = self._display or (None, None, None)
-        if threshold != previous[0] and self.result.probability is not None:
-            overlay.set_threshold(self.result, threshold, slicer.modules.segmentations.logic())
-        if minimumScore != previous[1]:
-            overlay.filter_boxes(self.currentBoxes(), minimumScore)
-        if opacity != previous[2]:
-            overlay.set_opacity(slicer.mrmlScene, opacity)
-        self._display = (threshold, minimumScore, opacity)
-
-    def currentBoxes(self) -> list:
-        """The result's boxes the user kept, and the ones they drew."""
-        boxes = [*self.result.boxes, *self.userBoxes] if self.result is not None else []
-        return [roi for roi in boxes if roi.GetScene() is not None]
-
-    def findings(self, minimumScore: float = 0.0) -> list:
-        from LesionDetectMRML import overlay
-
-        if self.result is None:
-            return []
-        return overlay.findings(self.result, slicer.modules.segmentations.logic(), minimumScore)
-
-    def centreOn(self, finding) -> None:
-        from LesionDetectMRML import overlay
-
-        overlay.centre_views(slicer.mrmlScene, finding.center_ras)
-
-    def placeNewBox(self):
-        """A new ROI the user draws (two clicks in a slice view); it is exported with score 1."""
-        from LesionDetectMRML import convert
-
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("drawn lesion"))
-        roi.SetAttribute(convert.ROLE_ATTRIBUTE, "box")
-        roi.CreateDefaultDisplayNodes()
-        self.userBoxes.append(roi)
-        self._startPlacing(roi)
-        return roi
-
-    def placeNewPoint(self):
-        from LesionDetectMRML import convert
-
-        if self.result.points is None or self.result.points.GetScene() is None:
-            self.result.points = convert.add_points(slicer.mrmlScene, [], name=_("Lesion points"))
-        self._startPlacing(self.result.points)
-        return self.result.points
+        plan = dependencies.plan_install(dependencies.read_requirements(self.requirementsPath()))
+        if not plan.complete:
+            dependencies.ensure(plan, install_torch=dependencies.install_torch_with_pytorch_utils,
+                                pip_install=self._pipInstall)
 
     @staticmethod
-    def _startPlacing(node) -> None:
-        appLogic = slicer.app.applicationLogic()
-        selectionNode = appLogic.GetSelectionNode()
-        selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
-        selectionNode.SetActivePlaceNodeID(node.GetID())
-        interactionNode = appLogic.GetInteractionNode()
-        interactionNode.SetPlaceModePersistence(0)
-        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+    def _pipInstall(requirements) -> None:
+        """pip_ensure where Slicer has it (5.11+: asks, shows progress, skips in testing mode),
+        else slicer.util.pip_install after asking."""
+        import importlib
 
-    def defaultCaseId(self) -> str:
-        import re
-
-        name = self.result.input_volume.GetName() if self.result is not None else "case"
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "case"
-
-    def exportResult(self, datasetFolder, caseId: str):
-        """Write the corrected result into a dataset (see LesionDetectMRML.export)."""
-        from LesionDetectMRML import export
-
-        if self.result is None:
-            raise RuntimeError(_("Run a detection first."))
-        return export.export_from_scene(
-            datasetFolder, caseId, self.result.input_volume, slicer.modules.segmentations.logic(),
-            segmentation=self.result.segmentation if self.result.segmentation and self.result.segmentation.GetScene() else None,
-            segment_id=self.result.segment_id, box_nodes=self.currentBoxes() if (self.result.boxes or self.userBoxes) else (),
-            points_node=self.result.points if self.result.points and self.result.points.GetScene() else None,
-            prediction=self.prediction, threshold=self.result.threshold)
+        for name in ("slicer.pydeps", "slicer.packaging"):
+            try:
+                pipEnsure = getattr(importlib.import_module(name), "pip_ensure", None)
+            except ImportError:
+                continue
+            if pipEnsure is not None:
+                pipEnsure(list(requirements), requester="LesionDetect")
+                return
+        names = [str(r) for r in requirements]
+        if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
+                _("LesionDetect needs these Python packages, which will be installed now:\n{packages}").format(
+                    packages="\n".join(names))):
+            raise RuntimeError(_("The required Python packages are not installed."))
+        slicer.util.pip_install(names)
 
     def loadSampleStudy(self, kind: str, size: str = "full"):
-        """A synthetic study made by LesionDetectLib.synth (no network) as a volume node;
-        returns [node] like SampleData."""
-        from LesionDetectLib import synth
-        from LesionDetectMRML import convert
+        nodes = super().loadSampleStudy(kind, size=size)
+        slicer.util.setSliceViewerLayers(background=nodes[0], fit=True)
+        return nodes
 
-        self.ensureDependencies()
-        case = synth.make_case(kind, seed=0, index=0, size=size)
-        node = convert.add_image_volume(slicer.mrmlScene, case.image, f"LesionDetect {kind}")
-        slicer.util.setSliceViewerLayers(background=node, fit=True)
-        return [node]
+
+def _pollWithTimer(poll):
+    """Call `poll` every POLL_INTERVAL_MS from Qt's event loop; returns the function that stops it."""
+    timer = qt.QTimer()
+    timer.setInterval(POLL_INTERVAL_MS)
+    timer.connect("timeout()", poll)
+    timer.start()
+
+    def stop():
+        timer.stop()
+
+    return stop
 
 
 #

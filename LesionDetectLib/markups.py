@@ -35,8 +35,8 @@ import numpy as np
 
 from .errors import input_error
 from .files import read_json, write_json
+from .findings import LesionBox, LesionPoint
 from .geometry import lps_to_ras, ras_to_lps
-from .prediction import LesionBox, LesionPoint
 
 SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
               "Resources/Schema/markups-schema-v1.0.3.json#")

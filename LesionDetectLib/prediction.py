@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
+from . import __version__, markups
 from .errors import input_error
 from .files import atomic_path, read_json, refuse_existing, write_json, write_text
+from .findings import ClassResult, LesionBox, LesionPoint  # re-exported: the parts of a Prediction
 from .geometry import Geometry
 
 MANIFEST = "prediction.json"
@@ -41,68 +42,6 @@ FILES = {
     "classes_json": "classes.json",
     "classes_csv": "classes.csv",
 }
-
-
-@dataclass
-class LesionPoint:
-    """A lesion candidate: a physical position (LPS mm) with a score in [0, 1]."""
-
-    position: tuple[float, float, float]
-    score: float = 1.0
-    label: str = "lesion"
-
-    def __post_init__(self):
-        self.position = tuple(float(v) for v in self.position)
-        self.score = float(self.score)
-
-
-@dataclass
-class LesionBox:
-    """A box in physical space: centre (LPS mm), edge lengths (mm) along its own axes.
-
-    `axes` is row-major 3x3 whose columns are the box's axis directions in LPS; for a box
-    drawn on an image grid these are the image's direction columns (identity for an
-    axis-aligned image).  `extra` carries method-specific facts (e.g. the key slice index
-    and 2-D pixel box of a DeepLesion-style detection).
-    """
-
-    center: tuple[float, float, float]
-    size: tuple[float, float, float]
-    score: float = 1.0
-    label: str = "lesion"
-    axes: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.center = tuple(float(v) for v in np.ravel(self.center))
-        self.size = tuple(float(v) for v in np.ravel(self.size))
-        self.axes = tuple(float(v) for v in np.ravel(self.axes))
-        self.score = float(self.score)
-
-    @classmethod
-    def from_index_range(cls, geometry: Geometry, index_min, index_max, **kwargs) -> "LesionBox":
-        """The box covering voxels index_min..index_max inclusive ((x, y, z) order) of an image."""
-        centre, size, axes = geometry.axis_aligned_box(index_min, index_max)
-        return cls(center=centre, size=size, axes=axes, **kwargs)
-
-    def corners(self) -> np.ndarray:
-        """The 8 corners in LPS mm, (8, 3)."""
-        axes = np.asarray(self.axes).reshape(3, 3)
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
-        return np.asarray(self.center) + (signs * np.asarray(self.size) / 2) @ axes.T
-
-
-@dataclass
-class ClassResult:
-    """Class probabilities for the whole image (scope "image") or one slice/vertebra."""
-
-    probabilities: dict[str, float]
-    scope: str = "image"
-    index: int | None = None
-
-    @property
-    def label(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
 
 
 @dataclass
@@ -152,7 +91,7 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bo
     Refuses to overwrite an earlier prediction in `out_dir` unless overwrite=True.  Each file
     is written atomically, the manifest last, so a reader never sees a half-written result.
     """
-    from . import markups, segnrrd  # imported here: both pull in optional format code
+    from . import segnrrd  # imported here: it pulls in slicerio and pynrrd
 
     out = Path(out_dir)
     if not overwrite:
@@ -192,7 +131,7 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bo
 
 def read_prediction(out_dir: str | os.PathLike) -> Prediction:
     """Read back what `write_prediction` wrote."""
-    from . import markups, segnrrd
+    from . import segnrrd
 
     out = Path(out_dir)
     manifest_path = out / MANIFEST

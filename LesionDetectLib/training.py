@@ -1,20 +1,15 @@
-"""The one training loop every method uses: config, seeding, device, batches, checkpoints.
+"""The one training loop every method uses, so that seeding, devices, optimisers, schedules,
+checkpoints (resume after an interruption) and the model card are written once, not per method.
 
-    train(method_name, data, out, config_path=None, overrides={})  ->  model directory
-
-Configuration = the method's `defaults`, updated by a JSON config file (experiment configs
-live in Resources/configs/<method>/), updated by command-line overrides.  Optimiser keys:
-    optimizer: "sgd" | "adam" | "adamw",  lr, momentum, weight_decay
-    lr_schedule: null | "cosine" | "warmup_cosine" (warmup_epochs)
-    epochs, batch_size, seed
-A checkpoint (weights + optimiser + epoch) is written after every epoch into out/checkpoint.pt
-so an interrupted run can resume with `resume=True`; the finished model is written with
-models.save_model (safetensors + card) and the checkpoint removed.
+A run's configuration is TRAINER_DEFAULTS, then the method's `defaults`, then a JSON config
+file (Resources/configs/<method>/), then command-line overrides; a key that is in neither
+defaults is an error, so a misspelt setting cannot be silently ignored.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import math
 import os
@@ -35,8 +30,22 @@ from .progress import progress, report
 CHECKPOINT = "checkpoint.pt"
 
 
-# config keys of the shared trainer itself, beside each method's own defaults
+# The config keys of the shared trainer itself, with their defaults.  A method's `defaults`
+# hold its own keys and may override these (e.g. its own lr, epochs, batch_size).
 TRAINER_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",  # "sgd" | "adam" | "adamw"
+    "lr": 0.01,
+    "momentum": 0.9,  # sgd only
+    "weight_decay": 0.0,
+    "lr_schedule": None,  # None (constant) | "cosine" | "warmup_cosine"
+    "warmup_epochs": 0,  # warmup_cosine: linear warm-up over this many epochs
+    "epochs": 1,
+    "batch_size": 32,
+    "seed": 0,
+    # transfer learning: start from ImageNet/COCO weights (a local file; `weights` names one
+    # explicitly, which implies pretrained)
+    "pretrained": False,
+    "weights": None,
     # > 0: after the first epoch, cut `epochs` to what fits in this many minutes of training
     # (the lr schedule ends with the cut run); the cut is recorded in the card's history
     "time_limit_minutes": 0,
@@ -44,6 +53,11 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # training set and train this many epochs more (the lr schedule spans all epochs)
     "hard_example_epochs": 0,
 }
+
+
+def _setting(config: dict, key: str):
+    """config[key], or the trainer's default for a config that does not hold it."""
+    return config.get(key, TRAINER_DEFAULTS[key])
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -89,11 +103,46 @@ def read_config(path: str | os.PathLike | None) -> dict:
     return doc
 
 
+def config_defaults(method) -> dict:
+    """Every key a training config of `method` may set, with its default value."""
+    return merge_config(TRAINER_DEFAULTS, method.defaults)
+
+
+def check_config(update: dict | None, defaults: dict, source: str, owner: str = "", _prefix: str = "") -> None:
+    """Refuse a key of `update` that `defaults` lacks (nested dicts one level down and
+    deeper), naming the key, its `source` (a config file, "--set"), whose config it is
+    (`owner`, e.g. the method) and the nearest keys."""
+    for key, value in (update or {}).items():
+        name = _prefix + str(key)
+        if key not in defaults:
+            near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=3)
+            if near:
+                hint = "did you mean " + " or ".join(f"'{_prefix}{k}'" for k in near) + "?"
+            elif _prefix or len(defaults) <= 12:
+                hint = "valid keys: " + ", ".join(f"'{_prefix}{k}'" for k in sorted(map(str, defaults)))
+            else:
+                hint = "not a key of the shared trainer (TRAINER_DEFAULTS) nor of the method's defaults"
+            raise input_error(source, f"unknown {owner + ' ' if owner else ''}config key '{name}'; {hint}")
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            check_config(value, defaults[key], source, owner, f"{name}.")
+
+
+def training_config(method, config_path: str | os.PathLike | None = None, overrides: dict | None = None,
+                    overrides_source: str = "--set") -> dict:
+    """The configuration a training run of `method` uses: the trainer's and the method's
+    defaults, updated by the config file and the overrides, each checked for unknown keys."""
+    defaults = config_defaults(method)
+    from_file = read_config(config_path)
+    check_config(from_file, defaults, str(config_path), method.name)
+    check_config(overrides, defaults, overrides_source, method.name)
+    return merge_config(defaults, from_file, overrides)
+
+
 def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
-    name = config.get("optimizer", "sgd").lower()
-    lr, wd = float(config.get("lr", 0.01)), float(config.get("weight_decay", 0.0))
+    name = _setting(config, "optimizer").lower()
+    lr, wd = float(_setting(config, "lr")), float(_setting(config, "weight_decay"))
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(_setting(config, "momentum")), weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
@@ -103,10 +152,10 @@ def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
 
 def lr_factor(config: dict, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at `step` for the configured schedule."""
-    schedule = config.get("lr_schedule")
+    schedule = _setting(config, "lr_schedule")
     if not schedule:
         return 1.0
-    warmup = int(config.get("warmup_epochs", 0)) * steps_per_epoch if schedule == "warmup_cosine" else 0
+    warmup = int(_setting(config, "warmup_epochs")) * steps_per_epoch if schedule == "warmup_cosine" else 0
     if step < warmup:
         return (step + 1) / warmup
     progress_ = (step - warmup) / max(1, total_steps - warmup)
@@ -124,28 +173,28 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     out = Path(out)
     if (out / "model.json").exists():
         raise input_error(out, "already holds a trained model; choose another --out")
-    config = merge_config(TRAINER_DEFAULTS, method.defaults, read_config(config_path), overrides)
+    config = training_config(method, config_path, overrides)
     dataset = load_dataset(data)
     if dataset.modality != method.modality:
         raise input_error(data, f"is a {dataset.modality} dataset; method '{method.name}' needs {method.modality}")
-    seed = int(config.get("seed", 0))
+    seed = int(config["seed"])
     seed_everything(seed)
     dev = select_device(device)
-    model = method.build_model(config, pretrained=bool(config.get("pretrained") or config.get("weights"))).to(dev)
+    model = method.build_model(config, pretrained=bool(config["pretrained"] or config["weights"])).to(dev)
     train_set, val_set = method.training_data(dataset, config, seed)
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
     generator = torch.Generator().manual_seed(seed)
 
     def make_loader(samples):
-        return torch.utils.data.DataLoader(samples, batch_size=int(config.get("batch_size", 32)), shuffle=True,
+        return torch.utils.data.DataLoader(samples, batch_size=int(config["batch_size"]), shuffle=True,
                                            collate_fn=method.collate, generator=generator, drop_last=False)
 
     loader = make_loader(train_set)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    epochs = int(config.get("epochs", 1))
+    epochs = int(config["epochs"])
     hard_epochs = int(config["hard_example_epochs"])
     start_epoch, history = 0, []
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +267,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
 
 @torch.no_grad()
 def validation_loss(method, model, samples, config, device) -> float:
-    loader = torch.utils.data.DataLoader(samples, batch_size=int(config.get("batch_size", 32)),
+    loader = torch.utils.data.DataLoader(samples, batch_size=int(_setting(config, "batch_size")),
                                          collate_fn=method.collate)
     was_training = model.training
     model.train()  # some models (detection) only return losses in train mode; no_grad keeps it cheap
@@ -231,7 +280,8 @@ def validation_loss(method, model, samples, config, device) -> float:
 
 
 def load_trained(model_path, method_name: str | None = None, device: str = "auto"):
-    """(method, model on device in eval mode, card) for a trained model directory."""
+    """(method, model on the device in eval mode, model card, torch device) for a trained model
+    directory; `method_name` (default: the card's) must match the card's method."""
     from .methods import get_method
     from .models import load_model, read_card
 

@@ -1,6 +1,6 @@
 """Static checks of the Slicer extension, for what cannot run without Slicer here: the .ui,
 the widget's use of it, the parameter node bindings, the CMake file lists against the files
-on disk, the module's template form and its dependency rules."""
+on disk, the module's template form, its import rules and the one list of dependency versions."""
 
 from __future__ import annotations
 
@@ -146,19 +146,53 @@ def test_self_tests_run_every_test_method_from_run_test():
     assert tests and tests == called
 
 
-def test_module_imports_nothing_that_needs_installing_and_installs_nothing_at_import():
-    tree = _module_ast()
-    top_level_modules = set()
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    """Absolute modules imported at module level; a relative import counts as '.<name>'."""
+    found = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
-            top_level_modules |= {a.name.split(".")[0] for a in node.names}
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            top_level_modules.add((node.module or "").split(".")[0])
-    allowed = {"__future__", "logging", "shutil", "sys", "tempfile", "time", "pathlib", "typing", "os", "qt", "slicer", "vtk"}
+            if node.level:
+                found |= ({f".{node.module}"} if node.module else {f".{a.name}" for a in node.names})
+            else:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_module_imports_nothing_that_needs_installing_and_installs_nothing_at_import():
+    tree = _module_ast()
+    imported = _top_level_imports(tree)
+    top_level_modules = {name.split(".")[0] for name in imported}
+    allowed = {"__future__", "shutil", "sys", "tempfile", "time", "pathlib", "typing", "os", "qt", "slicer", "vtk",
+               "LesionDetectMRML"}
     assert top_level_modules <= allowed, f"imported at load time: {sorted(top_level_modules - allowed)}"
+    # the adapter modules it loads import only the standard library (and each other) at load time
+    pending = [n.split(".", 1)[1] for n in imported if n.startswith("LesionDetectMRML.")]
+    pending = [n for n in pending if (ADAPTER_DIR / f"{n}.py").is_file()]
+    assert "logic" in pending, "LesionDetectLogic is built on LesionDetectMRML.logic"
+    seen = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for module in _top_level_imports(ast.parse((ADAPTER_DIR / f"{name}.py").read_text(encoding="utf-8"))):
+            if module.startswith("."):
+                pending.append(module[1:])
+            else:
+                assert module.split(".")[0] in sys.stdlib_module_names, \
+                    f"LesionDetectMRML/{name}.py imports {module} at load time, before dependencies are installed"
     for node in tree.body:  # no install calls outside functions
         if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             assert "pip_" not in ast.unparse(node)
+
+
+def test_logic_is_the_qt_free_logic_first():
+    """ScriptedLoadableModuleLogic.__init__ calls super().__init__() with no arguments: with
+    DetectionLogic after it in the bases, that call would reach DetectionLogic.__init__."""
+    bases = [ast.unparse(b) for b in _class(_module_ast(), "LesionDetectLogic").bases]
+    assert bases == ["DetectionLogic", "ScriptedLoadableModuleLogic"]
 
 
 def test_widget_setup_needs_no_main_window():
@@ -185,16 +219,68 @@ def test_adapter_and_library_keep_their_boundaries():
                 assert name.split(".")[0] not in ("slicer", "vtk", "qt", "ctk"), f"{path} imports {name}"
 
 
-def test_requirements_and_bundled_packages_cover_the_library_dependencies():
+# --- one statement of the dependency versions --------------------------------------------
+
+REQUIREMENTS_TXT = MODULE_DIR / "Resources" / "requirements.txt"
+
+
+def _requirement_lines() -> list[str]:
+    lines = [ln.strip() for ln in REQUIREMENTS_TXT.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def test_pyproject_takes_its_dependencies_from_the_requirements_file():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    needed = {re.split(r"[<>=!~; \[]", d, maxsplit=1)[0].lower() for d in pyproject["project"]["dependencies"]}
-    lines = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    listed = {re.split(r"[<>=!~; \[]", ln.strip(), maxsplit=1)[0].lower() for ln in lines
-              if ln.strip() and not ln.startswith("#")}
-    from_pytorch_extension = {"torch", "torchvision"}
-    bundled_with_slicer = {"numpy", "simpleitk", "scipy", "pydicom"}
-    assert needed <= listed | from_pytorch_extension | bundled_with_slicer, \
-        f"not installed in Slicer by anything: {sorted(needed - listed - from_pytorch_extension - bundled_with_slicer)}"
+    assert "dependencies" not in pyproject["project"], "versions are stated in requirements.txt only"
+    assert "dependencies" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["dependencies"] == {
+        "file": [REQUIREMENTS_TXT.relative_to(ROOT).as_posix()]}
+    for line in _requirement_lines():  # setuptools reads each line whole: no trailing comments
+        assert "#" not in line and not line.startswith("-"), line
+
+
+def test_installed_metadata_matches_the_requirements_file():
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requires = importlib.metadata.requires("LesionDetectLib") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("LesionDetectLib is not pip-installed here")
+    installed = [str(Requirement(r)) for r in requires if "extra ==" not in r]
+    assert installed == [str(Requirement(line)) for line in _requirement_lines()], \
+        "the environment was installed from another requirements list: reinstall (pip install -e .)"
+
+
+def test_torch_is_pinned_once_and_the_module_checks_the_same_pins():
+    from packaging.requirements import Requirement
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from LesionDetectMRML import dependencies
+
+    requirements = [Requirement(line) for line in _requirement_lines()]
+    torchy = {str(r) for r in requirements if "torch" in r.name.lower()}
+    assert torchy == {"torch==2.14.1", "torchvision==0.29.1"}
+    assert dependencies.read_requirements() == requirements  # the file the module reads in Slicer
+    assert dependencies.torch_pins(requirements) == {"torch": "==2.14.1", "torchvision": "==0.29.1"}
+    # no second statement of a torch version in the module or its adapter package
+    for path in [MODULE_PY, *ADAPTER_DIR.rglob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"torch\w*\s*[<>=!~]=", text), f"{path} states a torch version"
+        assert not re.search(r"""["'][<>=~]=\s*\d""", text), f"{path} states a version requirement"
+
+
+def test_the_slicer_install_groups_name_listed_requirements():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from LesionDetectMRML import dependencies
+
+    names = {canonicalize_name(Requirement(line).name) for line in _requirement_lines()}
+    assert set(dependencies.FROM_PYTORCH_EXTENSION) <= names
+    assert set(dependencies.BUNDLED_WITH_SLICER) <= names, "a package listed as bundled is no longer needed"
 
 
 # --- CMake --------------------------------------------------------------------------------

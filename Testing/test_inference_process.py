@@ -1,6 +1,6 @@
 """The module's out-of-process runner (LesionDetectMRML.process) with real child processes:
 progress lines while it runs, the exit code and error text at the end, and a cancel that ends
-the child and the processes it started."""
+the child and the processes it started; and the method list it reads from the library's source."""
 
 from __future__ import annotations
 
@@ -127,3 +127,15 @@ def test_infer_command_and_environment():
     env = process.library_env("/lib/parent", env={"PYTHONPATH": "/x"})
     assert env["PYTHONPATH"].split(os.pathsep) == ["/lib/parent", "/x"]
 
+
+
+def test_available_methods_reads_both_registration_forms(tmp_path):
+    methods = tmp_path / "methods"
+    (methods / "alpha").mkdir(parents=True)
+    (methods / "alpha" / "method.py").write_text('class Alpha:\n    name = "alpha-ct"\n')
+    (methods / "alpha" / "__init__.py").write_text("from .. import register\nfrom .method import Alpha\n\n"
+                                                   "register(Alpha)\n")
+    (methods / "beta.py").write_text('from . import register\n\n\n@register\nclass Beta:\n    name = "beta-mr"\n')
+    (methods / "base.py").write_text('class Unregistered:\n    name = "not-a-method"\n\n\n'
+                                     'class Net:\n    def f(self):\n        self.register_buffer("x", 1)\n')
+    assert process.available_methods(tmp_path) == ["alpha-ct", "beta-mr"]

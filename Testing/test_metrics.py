@@ -319,3 +319,14 @@ def test_package_exports():
     assert metrics.match_detections is match_detections
     assert {"point_hits", "box_hits", "froc_summary", "froc_curve", "plot_froc", "lesion_detection"} <= set(
         metrics.__all__)
+
+
+def test_threshold_at_is_the_lowest_threshold_within_the_rate():
+    from LesionDetectLib.metrics.froc import froc_summary, threshold_at
+
+    # 2 images; false positives scored 0.9, 0.6, 0.3, 0.2; one lesion found at 0.8
+    curve = froc_summary([0.9, 0.6, 0.3, 0.2], [0.8, None], n_images=2)["curve"]
+    assert threshold_at(curve["fp_per_image"], curve["threshold"], 1.0, default=0.05) == pytest.approx(0.6)
+    assert threshold_at(curve["fp_per_image"], curve["threshold"], 0.5, default=0.05) == pytest.approx(0.8)
+    assert threshold_at(curve["fp_per_image"], curve["threshold"], 2.0, default=0.05) == pytest.approx(0.2)
+    assert threshold_at([1.0, 2.0], [0.9, 0.5], 0.5, default=0.05) == 0.05

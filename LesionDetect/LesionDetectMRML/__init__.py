@@ -9,6 +9,9 @@ no slicer.modules):
 - overlay:  a Prediction shown in a scene, live threshold, score filter, findings;
 - export:   corrected results -> a dataset case (never overwriting);
 - process:  `lesiondetect infer` as a child process with progress and cancel;
+- logic:    the module's logic (run, poll, cancel, result in the scene, display, export) with
+            an injected runner; LesionDetect.py's LesionDetectLogic is built on it;
+- dependencies: what Slicer's Python lacks of Resources/requirements.txt, and installing it;
 - bundle:   a Slicer scene bundle (.mrb) from an image and a prediction folder;
 - samples:  synthetic studies with their Predictions (sample data, self-tests).
 """

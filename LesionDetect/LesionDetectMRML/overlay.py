@@ -100,6 +100,12 @@ def show_in_slice_views(scene, background, foreground, opacity: float) -> None:
         composite.SetForegroundOpacity(opacity)
 
 
+def show_background(scene, volume) -> None:
+    """`volume` in the background of every slice view; the other layers stay as they are."""
+    for composite in _composite_nodes(scene):
+        composite.SetBackgroundVolumeID(volume.GetID())
+
+
 def set_opacity(scene, opacity: float) -> None:
     for composite in _composite_nodes(scene):
         composite.SetForegroundOpacity(opacity)

@@ -175,23 +175,31 @@ def run(args: list[str], env: dict | None = None, cwd=None, on_progress=None, ti
 
 def available_methods(library_dir: str | os.PathLike) -> list[str]:
     """Names of the methods registered in LesionDetectLib/methods, read from the source (no
-    import: the GUI lists them before torch is installed).  A method is a class decorated
-    with @register that sets `name = "..."`."""
+    import: the GUI lists them before torch is installed).  A method is a class that sets
+    `name = "..."` and is registered, by `register(TheClass)` or the `@register` decorator."""
     import ast
 
-    names = set()
+    method_name: dict[str, str] = {}  # class name -> its `name = "..."`
+    registered: set[str] = set()
     for path in sorted(Path(library_dir, "methods").rglob("*.py")):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            if not any(getattr(d, "id", getattr(d, "attr", None)) == "register" for d in node.decorator_list):
-                continue
-            for stmt in node.body:
-                if (isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "name" for t in stmt.targets)
-                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
-                    names.add(stmt.value.value)
-    return sorted(names)
+            if isinstance(node, ast.ClassDef):
+                if any(_is_register(d) for d in node.decorator_list):
+                    registered.add(node.name)
+                for stmt in node.body:
+                    if (isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "name" for t in stmt.targets)
+                            and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                        method_name[node.name] = stmt.value.value
+            elif isinstance(node, ast.Call) and _is_register(node.func) and node.args:
+                if isinstance(node.args[0], ast.Name):
+                    registered.add(node.args[0].id)
+    return sorted({method_name[c] for c in registered if c in method_name})
+
+
+def _is_register(node) -> bool:
+    """`register` or `<something>.register`."""
+    return getattr(node, "id", getattr(node, "attr", None)) == "register"

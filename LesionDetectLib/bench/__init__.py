@@ -4,18 +4,16 @@ A layer above the methods: each module here imports the methods it measures (nev
 way round) and defines `NAME` (what `lesiondetect bench NAME` calls it; the method's name
 where it benchmarks one method) and `run(quick=False) -> dict`, a flat dict of measurements.
 `quick=True` runs the same code on tiny sizes in seconds, so the default test suite runs
-every benchmark end to end; a module placed here is registered by being here.
+every benchmark end to end; a module placed here is registered by being here (measure.py
+holds the shared timing helpers).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-import statistics
-import sys
-import time
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import LesionDetectError
 
@@ -24,7 +22,8 @@ def _modules() -> dict[str, ModuleType]:
     found = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        found[module.NAME] = module
+        if hasattr(module, "NAME"):  # measure.py holds the shared timing helpers
+            found[module.NAME] = module
     return found
 
 
@@ -46,24 +45,3 @@ def get(name: str) -> ModuleType:
 
 def run(name: str, quick: bool = False) -> dict[str, Any]:
     return get(name).run(quick=quick)
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of `repeats` calls of fn (warm up before calling this)."""
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MB; None where the OS does not report it
-    (`resource` is Unix-only, and Slicer users are often on Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

@@ -30,7 +30,7 @@ import torch
 
 from ..methods.bone_ct_patch.network import PatchNet, dense_flops
 from ..methods.bone_ct_patch.parsing import DenseParser, ParseSettings, per_patch_probabilities
-from . import peak_rss_mb
+from .measure import peak_rss_mb
 
 NAME = "bone-ct-parse"
 

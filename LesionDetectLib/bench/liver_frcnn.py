@@ -17,7 +17,7 @@ from ..methods.liver_frcnn import DEFAULTS, LiverFasterRCNN, detect
 from ..methods.liver_frcnn.slices import stacks
 from ..models import ModelCard, shipped_model_dir
 from ..training import load_trained
-from . import median_seconds, peak_rss_mb
+from .measure import median_seconds, peak_rss_mb
 
 NAME = "liver-frcnn"
 

@@ -15,7 +15,7 @@ import torch
 from ..methods.ms_flair_fcn import MSFlairFCN
 from ..models import ModelCard, shipped_model_dir
 from ..training import load_trained
-from . import median_seconds, peak_rss_mb
+from .measure import median_seconds, peak_rss_mb
 
 NAME = "ms-flair"
 

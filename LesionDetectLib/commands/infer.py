@@ -45,10 +45,11 @@ def run(args) -> int:
 
     model_path = resolve_model(args)
     method, model, card, device = load_trained(model_path, device=args.device)
-    image = read_image(args.input)
-    from .train import parse_overrides
+    from .train import parse_key_values
 
-    options = parse_overrides(args)
+    options = parse_key_values(args.set)  # inference options: the method checks them, not the trainer
+    method.check_inference_options(options)
+    image = read_image(args.input)
     if args.threshold is not None:
         options["threshold"] = args.threshold
     pred = method.predict(model, card, image, device, **options)

@@ -16,13 +16,15 @@ def add_parser(sub) -> None:
     p.add_argument("--method", required=True, choices=method_names())
     p.add_argument("--data", required=True, help="dataset folder (with dataset.json)")
     p.add_argument("--out", required=True, help="model directory to create")
-    p.add_argument("--config", help="JSON config file; values override the method's defaults")
+    p.add_argument("--config", help="JSON config file; values override the method's defaults (an unknown key "
+                                    "is an error)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--weights", help="local ImageNet/COCO weight file for transfer learning")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value (JSON value), e.g. --set lr=0.001 --set batch_size=16")
+                   help="override one config value (JSON value), e.g. --set lr=0.001 --set batch_size=16; "
+                        "the key must be one of the trainer's or the method's")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=run)
 

@@ -18,14 +18,9 @@ import pkgutil
 
 from ..errors import LesionDetectError
 from .base import Method
+from .registry import _REGISTRY, register
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Make a Method findable by its `name` (each method package's __init__ calls this)."""
-    _REGISTRY[cls.name] = cls
-    return cls
+__all__ = ["Method", "get_method", "method_names", "register"]
 
 
 def _load_all() -> None:

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from ..dataset import Dataset
+from ..errors import LesionDetectError
 from ..models import ModelCard
 from ..prediction import Prediction
 
@@ -20,6 +21,8 @@ class Method:
     # hold only what differs (e.g. the paper's four 000 models); the merged result is stored
     # in the model card, so a model always knows how it was made.
     defaults: dict[str, Any] = {}
+    # what `lesiondetect infer --set KEY=VALUE` may pass to `predict` for one run
+    inference_options: tuple[str, ...] = ()
 
     # --- model ------------------------------------------------------------------------
     def build_model(self, config: dict[str, Any], pretrained: bool = False) -> torch.nn.Module:
@@ -59,6 +62,18 @@ class Method:
                 **options) -> Prediction:
         """Run on one image; the Prediction has the image's geometry."""
         raise NotImplementedError
+
+    def check_inference_options(self, options: dict[str, Any]) -> None:
+        """Refuse options `predict` does not take, naming the valid ones (nearest first)."""
+        import difflib
+
+        unknown = sorted(set(options) - set(self.inference_options))
+        if not unknown:
+            return
+        near = difflib.get_close_matches(unknown[0], self.inference_options, n=3)
+        valid = near + [o for o in self.inference_options if o not in near]
+        raise LesionDetectError(f"unknown {self.name} inference option(s) {', '.join(unknown)}; "
+                                + (f"use {', '.join(valid)}" if valid else "it takes none"))
 
     def evaluate(self, model: torch.nn.Module, card: ModelCard, dataset: Dataset, device: torch.device,
                  **options) -> dict[str, Any]:

@@ -61,6 +61,20 @@ def sensitivity_at(fps: np.ndarray, sens: np.ndarray, rate: float) -> float:
     return float(sens[ok].max()) if ok.any() else 0.0
 
 
+def threshold_at(fps: np.ndarray, thresholds: np.ndarray, rate: float, default: float) -> float:
+    """The lowest score threshold whose false positives per image stay within `rate` (the
+    operating point a detector's card stores); `default` when no threshold does.
+
+    Arguments:
+        fps, thresholds: a curve from `froc_curve` (or `froc_summary(...)["curve"]`).
+        rate: false positives per image allowed.
+        default: returned when even the highest threshold exceeds `rate`.
+    """
+    fps, thresholds = np.asarray(fps, dtype=float), np.asarray(thresholds, dtype=float)
+    ok = fps <= rate
+    return float(thresholds[ok].min()) if ok.any() else float(default)
+
+
 def froc_summary(fp_scores, lesion_scores, n_images: int, rates=FP_RATES) -> dict:
     """{"froc": {"0.5": s, "1": s, ...}, "froc_mean": mean, "curve": {...}, counts}.
 

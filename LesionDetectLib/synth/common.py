@@ -22,8 +22,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ..errors import LesionDetectError
+from ..findings import LesionBox, LesionPoint
 from ..geometry import Geometry
-from ..prediction import LesionBox, LesionPoint
 
 SIZES = ("small", "full")
 OUTSIDE = np.float32(-1e4)  # depth of "far outside every shape"
@@ -278,11 +278,3 @@ def overlaps(findings: list[dict], centre_mm, reach_mm: float) -> bool:
     """Whether a new lesion reaching `reach_mm` from `centre_mm` could touch an earlier one
     (findings carry "center_mm" and "reach_mm" while a case is being drawn)."""
     return any(np.linalg.norm(np.asarray(centre_mm) - f["center_mm"]) < reach_mm + f["reach_mm"] for f in findings)
-
-
-def sample_voxel(rng: np.random.Generator, candidates: np.ndarray) -> tuple[int, ...] | None:
-    """A uniformly chosen True voxel of a boolean array, or None if there is none."""
-    flat = np.flatnonzero(candidates)
-    if flat.size == 0:
-        return None
-    return tuple(int(v) for v in np.unravel_index(flat[rng.integers(flat.size)], candidates.shape))

@@ -39,10 +39,11 @@ import torch  # noqa: E402
 from LesionDetectLib import markups  # noqa: E402
 from LesionDetectLib.dataset import load_dataset, write_dataset_json  # noqa: E402
 from LesionDetectLib.files import write_json, write_text  # noqa: E402
+from LesionDetectLib.methods import get_method  # noqa: E402
 from LesionDetectLib.metrics.froc import plot_froc  # noqa: E402
 from LesionDetectLib.models import torch_checkpoint_dir  # noqa: E402
 from LesionDetectLib.prediction import LesionBox  # noqa: E402
-from LesionDetectLib.training import load_trained, train  # noqa: E402
+from LesionDetectLib.training import load_trained, train, training_config  # noqa: E402
 
 CONFIGS = ROOT / "Resources" / "configs" / "bone-ct-patch"
 OUT = ROOT / "Resources" / "benchmarks"
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     from LesionDetectLib.commands.train import parse_overrides
 
     sets = parse_overrides(argparse.Namespace(set=args.set))  # as `lesiondetect train --set` reads them
+    for name in args.experiments:  # unknown config keys: fail before the synthetic study is made
+        training_config(get_method("bone-ct-patch"), CONFIGS / f"{name}.json", sets)
     out = args.results
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

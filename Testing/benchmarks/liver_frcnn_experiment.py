@@ -25,10 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from LesionDetectLib.commands.train import parse_key_values  # noqa: E402
 from LesionDetectLib.dataset import load_dataset  # noqa: E402
+from LesionDetectLib.methods import get_method  # noqa: E402
 from LesionDetectLib.metrics.froc import plot_froc  # noqa: E402
 from LesionDetectLib.synth import generate  # noqa: E402
-from LesionDetectLib.training import load_trained, read_config, train  # noqa: E402
+from LesionDetectLib.training import load_trained, read_config, train, training_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,10 +45,11 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "Resources" / "benchmarks")
     args = ap.parse_args(argv)
 
+    overrides = parse_key_values(args.set)  # as `lesiondetect train --set` reads them
+    training_config(get_method("liver-frcnn"), args.config, overrides)  # unknown keys: fail before the data
     for name, seed, n in (("train", 1, args.train_cases), ("test", 2, args.test_cases)):
         if not (args.work / name / "dataset.json").exists():
             generate("liver-ct", args.work / name, cases=n, seed=seed, size="full", jobs=args.jobs)
-    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     tag = args.config.stem + "".join(f"_{k}{v}" for k, v in overrides.items())
     model_dir = args.work / f"model_{tag}"
     t0 = time.perf_counter()

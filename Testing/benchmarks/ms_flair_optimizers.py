@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from LesionDetectLib.dataset import Dataset, Case  # noqa: E402
 from LesionDetectLib.files import write_json  # noqa: E402
 from LesionDetectLib.methods import get_method  # noqa: E402
-from LesionDetectLib.training import make_optimizer, merge_config, read_config, seed_everything  # noqa: E402
+from LesionDetectLib.training import make_optimizer, seed_everything, training_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     results = {"command": "python Testing/benchmarks/ms_flair_optimizers.py", "steps": args.steps,
                "batch": args.batch, "threads": args.threads, "runs": {}}
     for name in ("paper-sgd", "paper"):
-        config = merge_config(method.defaults, read_config(ROOT / f"Resources/configs/ms-flair-fcn/{name}.json"))
+        config = training_config(method, ROOT / f"Resources/configs/ms-flair-fcn/{name}.json")
         seed_everything(0)
         tiles, _ = method.training_data(dataset, config, 0)
         model = method.build_model(config).train()

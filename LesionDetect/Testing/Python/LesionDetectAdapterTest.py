@@ -1,5 +1,6 @@
-"""Runs the repository's adapter tests (Testing/test_adapter*.py, test_inference_process.py)
-with pytest inside Slicer's Python, where `slicer` is the application's own MRML library.
+"""Runs the repository's adapter tests (Testing/test_adapter*.py, test_inference_process.py,
+test_module_logic.py) with pytest inside Slicer's Python, where `slicer` is the application's
+own MRML library.
 
 Registered with slicer_add_python_unittest; skipped when pytest is not installed in Slicer
 or the source tree (with Testing/) is not beside this module.
@@ -9,7 +10,8 @@ import unittest
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
-SUITES = ("test_adapter.py", "test_adapter_export.py", "test_adapter_bundle.py", "test_inference_process.py")
+SUITES = ("test_adapter.py", "test_adapter_export.py", "test_adapter_bundle.py", "test_inference_process.py",
+          "test_module_logic.py")
 
 
 class LesionDetectAdapterTest(unittest.TestCase):

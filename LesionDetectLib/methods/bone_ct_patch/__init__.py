@@ -7,7 +7,9 @@
     evaluation.py  patch metrics (the paper's Table 2), runs over seeds
 """
 
-from .. import register
+from ..registry import register
 from .method import BoneCTPatch
 
 register(BoneCTPatch)
+
+__all__ = ["BoneCTPatch"]

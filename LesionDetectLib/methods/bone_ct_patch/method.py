@@ -41,6 +41,7 @@ class BoneCTPatch(Method):
     name = "bone-ct-patch"
     modality = "CT"
     paper = "000"
+    inference_options = PARSE_OPTIONS
     defaults: dict[str, Any] = {
         "experiment": "3C-RI",
         # patches
@@ -209,10 +210,7 @@ class BoneCTPatch(Method):
                 bone_mask: np.ndarray | None = None, **options) -> Prediction:
         """`options`: the card's parse settings (PARSE_OPTIONS) to change for this run, e.g.
         `infer --set parse_tile=64` (speed and memory; with a context model, not the map)."""
-        unknown = sorted(set(options) - set(PARSE_OPTIONS))
-        if unknown:
-            raise LesionDetectError(f"unknown bone-ct-patch inference option(s) {', '.join(unknown)}; "
-                                    f"use {', '.join(PARSE_OPTIONS)}")
+        self.check_inference_options(options)
         config = {**card.config, **options}
         geometry = Geometry.of(image)
         hu = data.hu_array(image)

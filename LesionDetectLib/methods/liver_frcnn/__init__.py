@@ -8,10 +8,13 @@
     evaluation.py  FROC (DeepLesion rule) and the baselines' accuracy
 """
 
-from .. import register
+from ..registry import register
 from .data import KeySliceSamples, case_stacks, key_slices, key_slices_from_boxes
 from .evaluation import froc_of
 from .method import DEFAULTS, LiverFasterRCNN
 from .network import detect
 
 register(LiverFasterRCNN)
+
+__all__ = ["DEFAULTS", "KeySliceSamples", "LiverFasterRCNN", "case_stacks", "detect", "froc_of", "key_slices",
+           "key_slices_from_boxes"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
@@ -24,6 +23,7 @@ from ...dataset import cases_for, split_cases
 from ...errors import LesionDetectError, input_error
 from ...geometry import Geometry
 from ...io import require_scalar_volume
+from ...metrics.froc import threshold_at
 from ...models import ModelCard
 from ...prediction import Prediction, Provenance
 from ...progress import progress
@@ -90,6 +90,7 @@ class LiverFasterRCNN(Method):
     name = "liver-frcnn"
     modality = "CT"
     paper = "003"
+    inference_options = ("slices",)
     defaults = DEFAULTS
 
     def build_model(self, config, pretrained=False):
@@ -137,13 +138,12 @@ class LiverFasterRCNN(Method):
         seed = int(config.get("seed", 0))
         train_cases, val_cases = self.cases(dataset, config, "train", seed), self.cases(dataset, config, "val", seed)
         summary = froc_of(model.eval(), config, val_cases or train_cases, device, desc="calibrating")
-        fps = np.asarray(summary["curve"]["fp_per_image"])
-        thr = np.asarray(summary["curve"]["threshold"])
-        ok = fps <= float(config["calibrate_fp_per_image"])
-        return {"score": float(thr[ok].min()) if ok.any() else float(config["min_score"])}
+        return {"score": threshold_at(summary["curve"]["fp_per_image"], summary["curve"]["threshold"],
+                                      float(config["calibrate_fp_per_image"]), float(config["min_score"]))}
 
     def predict(self, model, card: ModelCard, image: sitk.Image, device, threshold: float | None = None,
                 slices=None, **options) -> Prediction:
+        self.check_inference_options(options)
         config = card.config
         if config["model"] != "faster_rcnn":
             raise LesionDetectError(f"a '{config['model']}' model regresses one box per key slice and cannot say "

@@ -5,9 +5,12 @@
     data.py     axial model grid, intensity normalisation, training tiles
 """
 
-from .. import register
+from ..registry import register
 from .data import ModelGrid, TileSet, axial_axis, case_tiles, lesion_tile_centres, normalise
 from .method import MSFlairFCN, lesion_boxes
 from .network import PaperFCN, UNet2D, build_network
 
 register(MSFlairFCN)
+
+__all__ = ["MSFlairFCN", "ModelGrid", "PaperFCN", "TileSet", "UNet2D", "axial_axis", "build_network", "case_tiles",
+           "lesion_boxes", "lesion_tile_centres", "normalise"]

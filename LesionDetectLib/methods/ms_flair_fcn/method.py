@@ -153,6 +153,7 @@ class MSFlairFCN(Method):
 
     # --- use --------------------------------------------------------------------------
     def predict(self, model, card: ModelCard, image, device, threshold: float | None = None, **options):
+        self.check_inference_options(options)
         config = {**self.defaults, **card.config}
         threshold = float(card.thresholds.get("pixel", 0.5) if threshold is None else threshold)
         geometry = Geometry.of(image)

@@ -1,0 +1,352 @@
+"""The module's logic without Qt: run a detector out of process and keep its result in the scene.
+
+`DetectionLogic` is the body of `LesionDetectLogic` in LesionDetect.py.  It starts
+`lesiondetect infer` on a volume through an injected runner (`process.ChildProcess` in Slicer,
+a fake in the tests), passes progress on, and only once the child has succeeded reads its
+prediction folder and adds the overlays, so a cancel or a failure leaves the scene as it was.
+It then owns the live display (threshold, score filter, opacity), the findings, the boxes and
+points the user adds, the export and the synthetic sample studies.  Everything it uses comes
+in through the constructor (scene, segmentations and application logics, runner, and for
+non-blocking runs something that calls `poll()` periodically: a QTimer in Slicer), so the
+tests run it against slicer-core's MRML.  Module-level imports are the standard library only:
+LesionDetect.py imports this before LesionDetectLib's dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import process
+
+
+class RunningProcess(Protocol):
+    """A started child process, as `process.ChildProcess` is."""
+
+    cancelled: bool
+
+    def poll(self) -> tuple[list[process.Progress], int | None]:
+        """New progress reports since the last call, and the exit code (None while it runs)."""
+
+    def wait(self, timeout: float | None = None, on_progress=None) -> int:
+        """Block until it ends, passing each Progress to `on_progress`; the exit code."""
+
+    def cancel(self) -> None:
+        """Stop it and everything it started; `cancelled` becomes True."""
+
+    def output_tail(self) -> str:
+        """Its last lines of output other than progress (the error, when it fails)."""
+
+
+class Runner(Protocol):
+    def __call__(self, args: list[str], env: dict | None = None) -> RunningProcess:
+        """Start `args` with environment `env`."""
+
+
+# Given the poll function, start calling it periodically; returns the function that stops it.
+PollScheduler = Callable[[Callable[[], object]], Callable[[], None]]
+
+
+def default_library_parent() -> Path:
+    """The folder holding the LesionDetectLib package (found without importing it)."""
+    spec = importlib.util.find_spec("LesionDetectLib")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("LesionDetectLib is not importable: put the folder that holds it on sys.path")
+    return Path(spec.origin).resolve().parents[1]
+
+
+def _in_scene(node):
+    """`node` while it is still in a scene (the user may have deleted it), else None."""
+    return node if node is not None and node.GetScene() is not None else None
+
+
+@dataclass
+class _Job:
+    work_dir: Path
+    input_volume: object
+    opacity: float
+    on_progress: Callable[[float, str], None] | None
+    on_finished: Callable[[object, str | None], None] | None
+    blocking: bool
+
+
+class DetectionLogic:
+    """Runs the detector and manages its result in a scene; works without Qt and without the GUI.
+
+    scene, segmentations_logic: the MRML scene and vtkSlicerSegmentationsModuleLogic to use.
+    runner:         starts the child process (default `process.ChildProcess`).
+    app_logic:      vtkSlicerApplicationLogic, for placing new boxes and points (optional).
+    python:         the Python that runs `-m LesionDetectLib` (default: this one).
+    library_parent: the folder holding LesionDetectLib, put on the child's PYTHONPATH.
+    temp_dir:       where each run's work folder is made (default: the system's).
+    poll_scheduler: calls `poll()` periodically during non-blocking runs; without one the
+                    caller calls `poll()`.
+    """
+
+    def __init__(self, scene, segmentations_logic, *, runner: Runner | None = None, app_logic=None,
+                 python: str | None = None, library_parent: str | Path | None = None,
+                 temp_dir: str | Path | None = None, poll_scheduler: PollScheduler | None = None) -> None:
+        self.scene = scene
+        self.segmentations_logic = segmentations_logic
+        self.runner = runner or process.ChildProcess
+        self.app_logic = app_logic
+        self.python = python or sys.executable
+        self.library_parent = Path(library_parent) if library_parent is not None else default_library_parent()
+        self.temp_dir = temp_dir
+        self.poll_scheduler = poll_scheduler
+        self.result = None  # overlay.PredictionNodes of the last run
+        self.prediction = None  # the model's own output, for the export's "corrected" flag
+        self.userBoxes = []  # ROIs the user drew after the run
+        self.lastRunCancelled = False
+        self._child: RunningProcess | None = None
+        self._job: _Job | None = None
+        self._stop_polling: Callable[[], None] | None = None
+        self._display = None  # (threshold, minimum score, opacity) last applied
+
+    @staticmethod
+    def isSet(path) -> bool:
+        """An optional path parameter holds something (an empty one reads back as '.')."""
+        return path is not None and str(path) not in ("", ".")
+
+    def methodNames(self) -> list[str]:
+        return process.available_methods(self.library_parent / "LesionDetectLib")
+
+    def ensureDependencies(self) -> None:
+        """Install what LesionDetectLib needs; nothing to do outside Slicer (the environment has it)."""
+
+    # --- running the detector -----------------------------------------------------------
+
+    def isRunning(self) -> bool:
+        return self._child is not None
+
+    def inferenceCommand(self, inputPath, outDir, method=None, model=None, threshold=None, device="auto") -> list:
+        model = model if self.isSet(model) else None
+        return process.infer_command(self.python, input_path=inputPath, out_dir=outDir, model=model,
+                                     method=None if model else method, threshold=threshold, device=device)
+
+    def startInference(self, inputVolume, method=None, model=None, threshold=None, device="auto", opacity=0.5,
+                       onProgress=None, onFinished=None, waitForCompletion=False):
+        """Run `lesiondetect infer` on `inputVolume` in a child process.
+
+        Non-blocking by default: progress goes to onProgress(fraction, text), the end to
+        onFinished(PredictionNodes or None, error text or None).  waitForCompletion=True
+        blocks (tests, batch) and returns the PredictionNodes or raises RuntimeError.  The
+        scene is only changed once the child has succeeded.
+        """
+        from LesionDetectLib.io import write_image
+
+        from . import convert
+
+        if self.isRunning():
+            raise RuntimeError("A detection is already running.")
+        if inputVolume is None:
+            raise ValueError("Select an input volume.")
+        work_dir = Path(tempfile.mkdtemp(prefix="LesionDetect-", dir=self.temp_dir))
+        try:
+            input_path = write_image(convert.volume_to_image(inputVolume), work_dir / "input.nrrd")
+            args = self.inferenceCommand(input_path, work_dir / "prediction", method=method, model=model,
+                                         threshold=threshold, device=device)
+            child = self.runner(args, env=process.library_env(self.library_parent))
+        except Exception:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        self._child, self.lastRunCancelled = child, False
+        self._job = _Job(work_dir, inputVolume, opacity, onProgress, onFinished, blocking=waitForCompletion)
+        if not waitForCompletion:
+            if self.poll_scheduler is not None:
+                self._stop_polling = self.poll_scheduler(self.poll)
+            return None
+        try:
+            code = child.wait(on_progress=lambda p: onProgress and onProgress(p.fraction, p.text))
+        except BaseException:  # e.g. a progress callback raised: nothing may keep running
+            child.cancel()
+            self._finish(child.wait())
+            raise
+        result, error = self._finish(code)
+        if error is not None:
+            raise RuntimeError(error)
+        return result
+
+    def poll(self) -> bool:
+        """Pass new progress on; finish (show the result or report the error) once the child
+        has ended.  True while it runs."""
+        child = self._child
+        if child is None:
+            return False
+        reports, code = child.poll()
+        for report in reports:
+            if self._job.on_progress and self._child is child:
+                self._job.on_progress(report.fraction, report.text)
+        if self._child is not child:  # a progress callback cancelled the run
+            return False
+        if code is None:
+            return True
+        self._finish(code)
+        return False
+
+    def cancel(self) -> None:
+        """Stop the running detection and every process it started; the scene stays as it was."""
+        child = self._child
+        if child is None:
+            return
+        child.cancel()
+        if not self._job.blocking:  # a blocking run finishes in startInference's wait()
+            self._finish(child.wait())
+
+    def _finish(self, code: int):
+        from LesionDetectLib.prediction import read_prediction
+
+        child, job = self._child, self._job
+        self._child, self._job = None, None
+        if self._stop_polling is not None:
+            self._stop_polling()
+            self._stop_polling = None
+        result, error = None, None
+        try:
+            if child.cancelled:
+                self.lastRunCancelled = True
+                error = "Cancelled."
+            elif code != 0:
+                error = child.output_tail() or f"The detector stopped with exit code {code}."
+            else:
+                prediction = read_prediction(job.work_dir / "prediction")
+                result = self.showPrediction(job.input_volume, prediction, opacity=job.opacity)
+        except Exception as exc:  # a result that cannot be read or shown is reported like a failed run
+            logging.exception("LesionDetect: reading the result failed")
+            error = str(exc) or type(exc).__name__
+        finally:
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+        if job.on_finished:
+            job.on_finished(result, error)
+        return result, error
+
+    # --- the result in the scene --------------------------------------------------------
+
+    def showPrediction(self, inputVolume, prediction, threshold=None, opacity=0.5):
+        """Add a Prediction's nodes to the scene (styled) and make it the current result.
+
+        All or nothing: if adding fails part way, the nodes added so far are removed again.
+        """
+        from . import overlay
+
+        before = {self.scene.GetNthNode(n).GetID() for n in range(self.scene.GetNumberOfNodes())}
+        try:
+            result = overlay.add_prediction(self.scene, self.segmentations_logic, inputVolume, prediction,
+                                            threshold=threshold, opacity=opacity)
+        except Exception:
+            added = [self.scene.GetNthNode(n) for n in range(self.scene.GetNumberOfNodes())]
+            for node in reversed([n for n in added if n.GetID() not in before]):
+                if self.scene.IsNodePresent(node):
+                    self.scene.RemoveNode(node)
+            raise
+        self.result, self.prediction, self.userBoxes = result, prediction, []
+        self._display = (result.threshold, 0.0, opacity)
+        return result
+
+    def forgetResult(self) -> None:
+        self.result, self.prediction, self.userBoxes, self._display = None, None, [], None
+
+    def displayChanged(self, threshold: float, minimumScore: float, opacity: float) -> bool:
+        return self._display != (threshold, minimumScore, opacity)
+
+    def updateDisplay(self, threshold: float, minimumScore: float, opacity: float) -> None:
+        """Apply threshold (re-threshold, no model run), score filter and overlay opacity."""
+        from . import overlay
+
+        if self.result is None:
+            return
+        previous = self._display or (None, None, None)
+        if threshold != previous[0] and self.result.probability is not None:
+            overlay.set_threshold(self.result, threshold, self.segmentations_logic)
+        if minimumScore != previous[1]:
+            overlay.filter_boxes(self.currentBoxes(), minimumScore)
+        if opacity != previous[2]:
+            overlay.set_opacity(self.scene, opacity)
+        self._display = (threshold, minimumScore, opacity)
+
+    def currentBoxes(self) -> list:
+        """The result's boxes the user kept, and the ones they drew."""
+        boxes = [*self.result.boxes, *self.userBoxes] if self.result is not None else []
+        return [roi for roi in boxes if roi.GetScene() is not None]
+
+    def findings(self, minimumScore: float = 0.0) -> list:
+        from . import overlay
+
+        if self.result is None:
+            return []
+        return overlay.findings(self.result, self.segmentations_logic, minimumScore)
+
+    def centreOn(self, finding) -> None:
+        from . import overlay
+
+        overlay.centre_views(self.scene, finding.center_ras)
+
+    def placeNewBox(self):
+        """A new ROI the user draws (two clicks in a slice view); it is exported with score 1."""
+        from . import convert
+
+        roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn lesion")
+        roi.SetAttribute(convert.ROLE_ATTRIBUTE, "box")
+        roi.CreateDefaultDisplayNodes()
+        self.userBoxes.append(roi)
+        self._startPlacing(roi)
+        return roi
+
+    def placeNewPoint(self):
+        """Start placing a lesion point in the result's fiducial list (made when it has none)."""
+        from . import convert
+
+        if self.result is None:
+            raise RuntimeError("Run a detection first.")
+        if self.result.points is None or self.result.points.GetScene() is None:
+            self.result.points = convert.add_points(self.scene, [], name="Lesion points")
+        self._startPlacing(self.result.points)
+        return self.result.points
+
+    def _startPlacing(self, node) -> None:
+        if self.app_logic is None:
+            raise RuntimeError("placing needs the application logic (app_logic)")
+        selection = self.app_logic.GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+        selection.SetActivePlaceNodeID(node.GetID())
+        interaction = self.app_logic.GetInteractionNode()
+        interaction.SetPlaceModePersistence(0)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def defaultCaseId(self) -> str:
+        name = self.result.input_volume.GetName() if self.result is not None else "case"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "case"
+
+    def exportResult(self, datasetFolder, caseId: str):
+        """Write the corrected result into a dataset (see export.export_from_scene)."""
+        from . import export
+
+        result = self.result
+        if result is None:
+            raise RuntimeError("Run a detection first.")
+        return export.export_from_scene(
+            datasetFolder, caseId, result.input_volume, self.segmentations_logic,
+            segmentation=_in_scene(result.segmentation), segment_id=result.segment_id,
+            box_nodes=self.currentBoxes() if (result.boxes or self.userBoxes) else (),
+            points_node=_in_scene(result.points), prediction=self.prediction, threshold=result.threshold)
+
+    def loadSampleStudy(self, kind: str, size: str = "full"):
+        """A synthetic study made by LesionDetectLib.synth (no network) as a volume node shown in
+        the slice views; returns [node] like SampleData."""
+        from LesionDetectLib import synth
+
+        from . import convert, overlay
+
+        self.ensureDependencies()
+        case = synth.make_case(kind, seed=0, index=0, size=size)
+        node = convert.add_image_volume(self.scene, case.image, f"LesionDetect {kind}")
+        overlay.show_background(self.scene, node)
+        return [node]
