@@ -20,7 +20,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -326,7 +326,8 @@ def _split_name(name: str | None) -> str | None:
     return SPLIT_ALIASES.get(name, name)
 
 
-def split_cases(cases: list[Case], fractions: dict[str, float], seed: int = 0) -> dict[str, list[Case]]:
+def split_cases(cases: list[Case], fractions: dict[str, float], seed: int = 0,
+                stratify: Callable[[Case], Any] | None = None) -> dict[str, list[Case]]:
     """The one case-selection policy: {"train": [...], "val": [...], "test": [...]}.
 
     Arguments:
@@ -336,6 +337,9 @@ def split_cases(cases: list[Case], fractions: dict[str, float], seed: int = 0) -
             {"train": 1.0}; parts it does not name stay empty.  Keys are "train", "val"
             ("validation" is read as "val") and "test".
         seed: shuffles the patients (`split_by_patient`); the same seed gives the same parts.
+        stratify: optional key of a case (e.g. its class label): the patients of each key
+            (a patient's key is the largest of its cases') are split separately by the same
+            fractions, so every part keeps the classes' proportions (within one patient).
 
     Returns:
         All three keys, always.  When any case has a `split`, the dataset's own splits are
@@ -358,17 +362,28 @@ def split_cases(cases: list[Case], fractions: dict[str, float], seed: int = 0) -
             raise LesionDetectError(f"unknown split '{key}' in split fractions {fractions}; use "
                                     + ", ".join(SPLITS))
         shares[name] = shares.get(name, 0.0) + float(value)
-    out.update(split_by_patient(cases, shares, seed))
+    if stratify is None:
+        out.update(split_by_patient(cases, shares, seed))
+        return out
+    patient_key: dict[str, Any] = {}
+    for c in cases:
+        key = stratify(c)
+        patient_key[c.patient] = key if c.patient not in patient_key else max(patient_key[c.patient], key)
+    for key in sorted(set(patient_key.values())):
+        for name, part in split_by_patient([c for c in cases if patient_key[c.patient] == key], shares, seed).items():
+            out[name] += part
     return out
 
 
-def cases_for(cases: list[Case], split: str, fractions: dict[str, float], seed: int = 0) -> list[Case]:
+def cases_for(cases: list[Case], split: str, fractions: dict[str, float], seed: int = 0,
+              stratify: Callable[[Case], Any] | None = None) -> list[Case]:
     """The cases of one part, e.g. for `lesiondetect evaluate --split test`.
 
     Arguments:
         cases: all candidate cases.
         split: "train", "val" (or "validation"), "test", or "all" (every case).
-        fractions, seed: as for `split_cases`, used when the cases carry no split of their own.
+        fractions, seed, stratify: as for `split_cases`, used when the cases carry no split of
+            their own.
 
     Returns:
         `split_cases(cases, fractions, seed)[split]`; except that when the cases define no
@@ -384,7 +399,7 @@ def cases_for(cases: list[Case], split: str, fractions: dict[str, float], seed: 
     name = _split_name(split)
     if name not in SPLITS:
         raise LesionDetectError(f"unknown split '{split}'; use one of train, val (or validation), test, all")
-    chosen = split_cases(cases, fractions, seed)[name]
+    chosen = split_cases(cases, fractions, seed, stratify)[name]
     if not chosen and not any(c.split for c in cases):
         return cases
     return chosen

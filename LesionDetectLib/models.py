@@ -112,6 +112,12 @@ def torch_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def torchvision_file(weights_enum) -> str:
+    """torchvision's cache file name of a weights enum value, e.g. ResNet50_Weights.IMAGENET1K_V1
+    -> 'resnet50-0676ba61.pth' (what load_pretrained_weights looks for)."""
+    return Path(weights_enum.url).name
+
+
 def load_pretrained_weights(file_name: str, path: str | os.PathLike | None = None) -> dict:
     """Load a torchvision weight file (e.g. 'vgg16-397923af.pth') from `path` or from
     $TORCH_HOME/hub/checkpoints, with weights_only=True.  Nothing is downloaded: a missing

@@ -311,3 +311,22 @@ def test_cases_for():
     assert [c.id for c in cases_for(split, "all", fractions)] == ["a", "b", "c"]
     with pytest.raises(LesionDetectError, match="unknown split 'holdout'.*train, val.*test, all"):
         cases_for(split, "holdout", fractions)
+
+
+def test_stratified_split_keeps_each_class_share_per_part():
+    from LesionDetectLib.dataset import Case, split_cases
+
+    # 200 patients, 10 % positive; two cases (views) per patient
+    cases = [Case(id=f"{p}-{v}", patient=str(p), image=f"{p}-{v}.png", label=int(p % 10 == 0))
+             for p in range(200) for v in ("a", "b")]
+    fractions = {"train": 0.595, "val": 0.105, "test": 0.3}
+    parts = split_cases(cases, fractions, seed=3, stratify=lambda c: c.label)
+    for name, share in fractions.items():
+        patients = {c.patient for c in parts[name]}
+        positives = {c.patient for c in parts[name] if c.label}
+        assert abs(len(positives) - 20 * share) <= 1 and abs(len(patients) - 200 * share) <= 2
+    seen = [c.patient for part in parts.values() for c in part]
+    assert sorted(set(seen)) == sorted({c.patient for c in cases}) and len(seen) == len(cases)
+    assert all(len({p for p in (c.patient for c in parts[n])} & {c.patient for c in parts[m]}) == 0
+               for n in parts for m in parts if n < m)
+    assert split_cases(cases, fractions, seed=3, stratify=lambda c: c.label) == parts

@@ -330,3 +330,38 @@ def test_threshold_at_is_the_lowest_threshold_within_the_rate():
     assert threshold_at(curve["fp_per_image"], curve["threshold"], 0.5, default=0.05) == pytest.approx(0.8)
     assert threshold_at(curve["fp_per_image"], curve["threshold"], 2.0, default=0.05) == pytest.approx(0.2)
     assert threshold_at([1.0, 2.0], [0.9, 0.5], 0.5, default=0.05) == 0.05
+
+
+def test_youden_threshold_is_the_best_sensitivity_plus_specificity():
+    from LesionDetectLib.metrics.thresholds import youden_threshold
+
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        labels = rng.random(300) < 0.1
+        scores = np.round(labels * 0.4 + rng.random(300) * 0.8, 2)  # ties included
+        t = youden_threshold(labels, scores)
+
+        def j(th):
+            pred = scores >= th
+            return pred[labels].mean() + (~pred[~labels]).mean() - 1
+
+        assert j(t) == pytest.approx(max(j(th) for th in np.unique(scores)))
+    assert youden_threshold([1, 1], [0.2, 0.3]) == 0.5
+
+
+def test_binary_metrics_match_hand_counts_and_sklearn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from LesionDetectLib.metrics.classification import binary_metrics, bootstrap_ci
+
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.6, 0.2, 0.7, 0.3, 0.1, 0.05, 0.4])
+    m = binary_metrics(labels, scores, 0.5)
+    assert m["confusion_matrix"] == {"tp": 2, "fp": 1, "tn": 4, "fn": 1}
+    assert m["accuracy"] == pytest.approx(6 / 8) and m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(4 / 5)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert m["average_precision"] == pytest.approx(average_precision_score(labels, scores))
+    lo, hi = bootstrap_ci(labels, scores, roc_auc_score, n=200, seed=1)
+    assert 0 <= lo <= m["auc"] <= hi <= 1

@@ -3,7 +3,9 @@
 `fmax_threshold` is the F-max rule the methods use to store a threshold in the model card
 (bone-ct-patch: patch scores on validation patches; ms-flair-fcn: pixel probabilities of
 the training volumes): the score threshold whose F1 (harmonic mean of precision and
-recall) is highest, predicting positive when score >= threshold.
+recall) is highest, predicting positive when score >= threshold.  `youden_threshold` is the
+rule for a screening classifier on imbalanced data (bone-scan-cls): the ROC point with the
+largest sensitivity + specificity - 1, which does not let the majority class dominate.
 """
 
 from __future__ import annotations
@@ -47,3 +49,27 @@ def fmax_threshold(labels, scores) -> float:
         return DEFAULT_THRESHOLD
     f[~usable] = -1.0
     return float(thresholds[int(np.argmax(f))])
+
+
+def youden_threshold(labels, scores) -> float:
+    """The threshold t (predict positive when score >= t) maximising Youden's J =
+    sensitivity + specificity - 1 over every distinct score (sklearn.metrics.roc_curve);
+    ties go to the highest such threshold (fewer false positives).  0.5 when `labels`
+    hold fewer than two classes.
+
+    Arguments:
+        labels: (n,) truth, nonzero = positive.
+        scores: (n,) scores, higher = more likely positive.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels).ravel() != 0
+    scores = np.asarray(scores, dtype=float).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    if labels.all() or not labels.any():
+        return DEFAULT_THRESHOLD
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    finite = np.isfinite(thresholds)  # roc_curve's first threshold is +inf (nothing positive)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(thresholds[int(np.argmax(j))])

@@ -12,25 +12,18 @@ point) and FROC of metrics.froc.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+
+from ...metrics.classification import binary_metrics
 
 SUMMARY_KEYS = ("precision", "recall", "f", "auc")
 
 
 def patch_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    labels = np.asarray(labels).astype(int)
-    pred = (np.asarray(scores) >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
-    both = len(np.unique(labels)) == 2
-    return {
-        "precision": float(precision_score(labels, pred, zero_division=0)),
-        "recall": float(recall_score(labels, pred, zero_division=0)),
-        "f": float(f1_score(labels, pred, zero_division=0)),
-        "auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "threshold": float(threshold),
-        "confusion_matrix": {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)},
-        "patches": {"lesion": int(labels.sum()), "non_lesion": int((1 - labels).sum())},
-    }
+    """Table 2's columns on the test patches (metrics.classification.binary_metrics)."""
+    m = binary_metrics(labels, scores, threshold)
+    return {"precision": m["precision"], "recall": m["recall"], "f": m["f1"], "auc": m["auc"],
+            "threshold": m["threshold"], "confusion_matrix": m["confusion_matrix"],
+            "patches": {"lesion": m["positives"], "non_lesion": m["negatives"]}}
 
 
 # --- several runs, Table 2 ------------------------------------------------------------------------

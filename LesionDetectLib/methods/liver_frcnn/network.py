@@ -8,7 +8,6 @@ path via models.load_pretrained_weights, which says where to put a missing file.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,16 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import LesionDetectError
-from ...models import load_pretrained_weights
+from ...models import load_pretrained_weights, torchvision_file
 
 FRCNN_BACKBONES = ("resnet50", "resnet18", "vgg16", "mobilenet_v3_large")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _weights_file(enum_value) -> str:
-    """torchvision's cache file name of a weights enum (what load_pretrained_weights looks for)."""
-    return Path(enum_value.url).name
 
 
 def _imagenet_file(backbone: str) -> str:
@@ -35,7 +29,7 @@ def _imagenet_file(backbone: str) -> str:
     enums = {"resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1, "resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1,
              "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1,
              "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1}
-    return _weights_file(enums[backbone])
+    return torchvision_file(enums[backbone])
 
 
 def uses_transfer(config: dict[str, Any]) -> bool:
@@ -108,7 +102,7 @@ def _load_frcnn_pretrained(model: nn.Module, config: dict[str, Any]) -> None:
     if source == "coco":
         if name != "resnet50":
             raise LesionDetectError(f"COCO detector weights exist for the resnet50 backbone only, not '{name}'")
-        state = load_pretrained_weights(_weights_file(FasterRCNN_ResNet50_FPN_Weights.COCO_V1), config.get("weights"))
+        state = load_pretrained_weights(torchvision_file(FasterRCNN_ResNet50_FPN_Weights.COCO_V1), config.get("weights"))
         # the class head has COCO's 91 classes: keep ours (lesion vs background)
         state = {k: v for k, v in state.items() if not k.startswith("roi_heads.box_predictor.")}
         _load_part(model, state, "COCO Faster R-CNN")
