@@ -58,6 +58,15 @@ class Method:
         return {}
 
     # --- use --------------------------------------------------------------------------
+    def read_inputs(self, path) -> list[tuple[str, sitk.Image]]:
+        """The images one input file (or DICOM series folder) holds, each with a view name
+        ("" for a single image).  `lesiondetect infer` runs `predict` on each and writes one
+        result per view.  Default: the file as one image; a method whose files hold several
+        views (e.g. a planar scan's anterior and posterior frames) overrides this."""
+        from ..io import read_image
+
+        return [("", read_image(path))]
+
     def predict(self, model: torch.nn.Module, card: ModelCard, image: sitk.Image, device: torch.device,
                 **options) -> Prediction:
         """Run on one image; the Prediction has the image's geometry."""
