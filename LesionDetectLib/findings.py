@@ -75,7 +75,26 @@ class ClassResult:
     probabilities: dict[str, float]
     scope: str = "image"
     index: int | None = None
+    decision: str | None = None  # the class chosen at the model's threshold, when not simply the likeliest
 
     @property
     def label(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+        return self.decision or max(self.probabilities, key=self.probabilities.get)
+
+
+NEGATIVE_CLASSES = ("normal", "background", "negative")
+
+
+def is_negative_class(name: str) -> bool:
+    """"normal", "background", "negative", or a name that says "no ..." / "non-...". """
+    name = name.strip().lower()
+    return name in NEGATIVE_CLASSES or name.startswith(("no ", "non-", "non ", "not "))
+
+
+def positive_probability(results: list[ClassResult]) -> float | None:
+    """The probability of the finding the classes are about: the highest probability of a
+    class that is not negative (`is_negative_class`), over the image-level results (over all
+    results when there are only slice- or vertebra-level ones); None without any."""
+    scoped = [c for c in results if c.scope == "image"] or list(results)
+    positives = [float(p) for c in scoped for name, p in c.probabilities.items() if not is_negative_class(name)]
+    return max(positives) if positives else None

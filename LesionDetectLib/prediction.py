@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from . import __version__, markups
 from .errors import input_error
 from .files import atomic_path, read_json, refuse_existing, write_json, write_text
-from .findings import ClassResult, LesionBox, LesionPoint  # re-exported: the parts of a Prediction
+from .findings import ClassResult, LesionBox, LesionPoint, positive_probability  # re-exported: the parts
 from .geometry import Geometry
 
 MANIFEST = "prediction.json"
@@ -81,6 +81,30 @@ class Prediction:
         if self.probability is None:
             raise ValueError("this prediction has no probability map to threshold")
         return (self.probability >= threshold).astype(np.uint8)
+
+
+# --- one number per prediction ---------------------------------------------------------------
+
+def summary_probability(pred: Prediction) -> float | None:
+    """The one probability that sums up a prediction: the batch summary's `probability`
+    column, and the number any other consumer (the Slicer side) should show for it:
+
+    - class results: the image-level probability of the positive class (the class that is
+      not "normal"/"background"/"negative"; the highest of them when there are several);
+      with only slice-level results, the highest such probability over the slices;
+    - else the highest score among its points and boxes;
+    - else the maximum of its probability map;
+    - else None.
+    """
+    positive = positive_probability(pred.classes)
+    if positive is not None:
+        return positive
+    scores = [float(f.score) for f in (*pred.points, *pred.boxes)]
+    if scores:
+        return max(scores)
+    if pred.probability is not None and pred.probability.size:
+        return float(np.max(pred.probability))
+    return None
 
 
 # --- writing and reading -------------------------------------------------------------------

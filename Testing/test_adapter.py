@@ -159,6 +159,9 @@ def test_findings_list_candidates_components_and_boxes_and_jump_centres_views(mr
     nodes = overlay.add_prediction(mrml.scene, mrml.logic("Segmentations"), volume, study.prediction)
     rows = overlay.findings(nodes, mrml.logic("Segmentations"))
     kinds = [r.kind for r in rows]
+    # the image-level class result first: its decision and the lesion class's probability
+    assert kinds[0] == "class" and rows[0].name == f"image: {study.prediction.classes[0].label}"
+    assert rows[0].score == pytest.approx(study.prediction.classes[0].probabilities["metastasis"])
     assert kinds.count("candidate") == len(study.prediction.points)
     assert kinds.count("box") == len(study.prediction.boxes)
     from scipy import ndimage
@@ -191,3 +194,36 @@ def test_prediction_on_another_grid_is_refused(mrml):
     volume = convert.add_image_volume(mrml.scene, study.image, "CT")
     with pytest.raises(ValueError, match="geometry"):
         overlay.add_prediction(mrml.scene, mrml.logic("Segmentations"), volume, other.prediction)
+
+
+def test_a_bone_scan_classification_shows_its_decision_activation_map_and_peaks(mrml):
+    """A planar scintigram (a one-slice volume in MRML) with bone-scan-cls's prediction: the
+    activation map on the image's own grid, the peaks as points, the decision in the class
+    table and first in the findings."""
+    import torch
+
+    from LesionDetectLib.methods import get_method
+    from LesionDetectLib.models import ModelCard
+
+    method = get_method("bone-scan-cls")
+    config = {**method.defaults, "compact_widths": [4, 8], "input_size": [32, 16]}
+    torch.manual_seed(0)
+    model = method.build_model(config).eval()
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(30, (90, 40)).astype(np.float32)
+    counts[30:36, 10:16] += 300
+    image = sitk.GetImageFromArray(counts)
+    image.SetSpacing((2.2, 2.2))
+    image.SetOrigin((-44.0, -99.0))
+    card = ModelCard(method=method.name, modality="NM", config=config, thresholds={"image": 0.3})
+    pred = method.predict(model, card, image, torch.device("cpu"))
+    volume = convert.add_image_volume(mrml.scene, image, "bone scan")
+    nodes = overlay.add_prediction(mrml.scene, mrml.logic("Segmentations"), volume, pred)
+    assert convert.volume_geometry(nodes.probability).same_grid(Geometry.of(image), tol=1e-9)
+    np.testing.assert_array_equal(convert.volume_array(nodes.probability), pred.probability)
+    assert convert.fiducials_to_points(nodes.points)[0].position == pytest.approx(pred.points[0].position)
+    (back,) = convert.table_to_classes(nodes.classes)
+    assert back.label == pred.classes[0].label == pred.provenance.parameters["decision"]
+    rows = overlay.findings(nodes, mrml.logic("Segmentations"))
+    assert rows[0].kind == "class" and rows[0].name == f"image: {pred.classes[0].label}"
+    assert rows[0].score == pytest.approx(pred.classes[0].probabilities["metastasis"], abs=1e-6)

@@ -8,11 +8,12 @@ import pytest
 
 from LesionDetectLib import bench
 
-EXPECTED = {"bone-ct-parse", "liver-frcnn", "ms-flair"}
+EXPECTED = {"bone-ct-parse", "bone-scan-cls", "liver-frcnn", "ms-flair"}
 
 # keys the README and Resources/benchmarks/ quote for each benchmark
 KEYS = {
     "bone-ct-parse": {"ratio", "max_abs_dp", "dense_s_per_slice", "per_patch_s_per_slice", "peak_rss_mb"},
+    "bone-scan-cls": {"crop_ms", "crop_batched_ms", "whole_body_s", "train_images_per_s", "peak_rss_mb"},
     "liver-frcnn": {"slice_s", "volume_s", "train_step_s", "peak_rss_mb"},
     "ms-flair": {"slice_s", "volume_s", "train_tiles_per_s", "paper_volume_s", "peak_rss_mb"},
 }

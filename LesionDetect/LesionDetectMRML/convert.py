@@ -91,8 +91,10 @@ def add_volume(scene, array: np.ndarray, geometry: Geometry, name: str,
 
 
 def add_image_volume(scene, image: sitk.Image, name: str):
-    """A SimpleITK image as a scalar volume node (values and geometry exactly as in the image)."""
-    return add_volume(scene, sitk.GetArrayFromImage(image), Geometry.of(image), name)
+    """A SimpleITK image as a scalar volume node (values and geometry exactly as in the image;
+    a 2-D image, e.g. a planar scintigram, becomes a one-slice volume as Slicer loads it)."""
+    geometry = Geometry.of(image)
+    return add_volume(scene, sitk.GetArrayFromImage(image).reshape(geometry.shape), geometry, name)
 
 
 def volume_geometry(node) -> Geometry:
@@ -309,8 +311,10 @@ def table_to_classes(table) -> list[ClassResult]:
     results = []
     for r in range(vtable.GetNumberOfRows()):
         index = vtable.GetValueByName(r, "index").ToString()
-        probabilities = {k: vtable.GetValueByName(r, k).ToDouble() for k in class_names}
-        results.append(ClassResult({k: v for k, v in probabilities.items() if not np.isnan(v)},
-                                   scope=vtable.GetValueByName(r, "scope").ToString(),
-                                   index=int(index) if index else None))
+        probabilities = {k: v for k in class_names if not np.isnan(v := vtable.GetValueByName(r, k).ToDouble())}
+        label = vtable.GetValueByName(r, "label").ToString()
+        likeliest = max(probabilities, key=probabilities.get) if probabilities else ""
+        results.append(ClassResult(probabilities, scope=vtable.GetValueByName(r, "scope").ToString(),
+                                   index=int(index) if index else None,
+                                   decision=label if label and label != likeliest else None))
     return results

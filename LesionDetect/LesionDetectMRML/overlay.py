@@ -154,7 +154,7 @@ def filter_boxes(box_nodes, min_score: float) -> int:
 
 @dataclass
 class Finding:
-    kind: str  # "candidate", "component" or "box"
+    kind: str  # "class", "candidate", "component" or "box"
     name: str
     score: float | None
     center_ras: tuple[float, float, float]
@@ -162,12 +162,22 @@ class Finding:
 
 
 def findings(nodes: PredictionNodes, segmentations_logic, min_score: float = 0.0) -> list[Finding]:
-    """What the table lists: lesion candidates (points), mask components, boxes at or above min_score."""
+    """What the table lists: image-level class results (the decision and its probability, centred
+    on the image), lesion candidates (points), mask components, boxes at or above min_score."""
     from scipy import ndimage
 
+    from LesionDetectLib.findings import positive_probability
     from LesionDetectLib.geometry import lps_to_ras
 
     rows: list[Finding] = []
+    if nodes.classes is not None:
+        geometry = convert.volume_geometry(nodes.input_volume)
+        centre = lps_to_ras(geometry.index_to_lps((np.asarray(geometry.size, dtype=float) - 1) / 2))
+        for result in convert.table_to_classes(nodes.classes):
+            if result.scope == "image":
+                rows.append(Finding("class", f"image: {result.label}", positive_probability([result]),
+                                    tuple(float(v) for v in centre),
+                                    ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())))
     if nodes.points is not None:
         for n in range(nodes.points.GetNumberOfControlPoints()):
             score = convert.point_score(nodes.points, n)
