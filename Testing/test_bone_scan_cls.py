@@ -214,3 +214,13 @@ def test_a_real_bs80k_crop_reads_and_predicts_on_its_own_grid(shared_data):
     model, card = tiny_model()
     pred = METHOD.predict(model, card, image, torch.device("cpu"))
     assert view == "" and pred.probability.shape == (1, image.GetSize()[1], image.GetSize()[0])
+
+
+def test_demo_runs_the_classifier_on_a_synthetic_crop_and_states_its_label(tmp_path, run_cli):
+    from LesionDetectLib.models import shipped_model_dir
+
+    code, out, err = run_cli("demo", "--method", "bone-scan-cls", "--out", tmp_path / "d", "--no-mrb")
+    assert code == 0, err
+    assert "bone-scan" in out and (tmp_path / "d" / "prediction" / "prediction.json").exists()
+    if shipped_model_dir("bone-scan-cls") is not None:  # the shipped model's decision against the label
+        assert "class        " in out and "the study's label: metastatic hot spot" in out

@@ -32,7 +32,7 @@ def write_bundle(image_path, prediction_dir, out_mrb, threshold: float | None = 
     if out_mrb.suffix.lower() != BUNDLE_SUFFIX:
         raise input_error(out_mrb, f"a scene bundle must end in {BUNDLE_SUFFIX}")
     refuse_existing(out_mrb)
-    image = read_volume(image_path)
+    image = read_volume(image_path, allow_2d=True)  # planar scintigrams: one-slice volumes
     prediction = read_prediction(prediction_dir)
     slicer_scene = headless.new_scene()
     try:

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from ..errors import LesionDetectError, input_error
 
-# which synthetic study each method's demo runs on
-DEMO_STUDIES = {"ms-flair-fcn": "ms-flair", "bone-ct-patch": "bone-ct", "liver-frcnn": "liver-ct"}
+# which synthetic study (kind, parameters, seed) each method's demo runs on; the bone-scan
+# seed draws a crop with metastatic hot spots in it
+DEMO_STUDIES = {"ms-flair-fcn": ("ms-flair", {}, 7), "bone-ct-patch": ("bone-ct", {}, 7),
+                "liver-frcnn": ("liver-ct", {}, 7),
+                "bone-scan-cls": ("bone-scan", {"view": "crop", "positive_fraction": 1.0}, 4)}
 BUNDLE = "LesionDetectDemo.mrb"
 
 
@@ -27,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="ms-flair-fcn", choices=sorted(DEMO_STUDIES))
     p.add_argument("--size", default="full", choices=["small", "full"],
                    help="study size: full = real-scan size (default), small = seconds")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, help="the study's seed (default: the method's demo study)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-mrb", action="store_true", help="skip the scene bundle (it needs slicer-core)")
     p.set_defaults(func=run)
@@ -36,20 +39,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from .. import synth
     from ..dataset import load_dataset
-    from ..io import read_volume
+    from ..io import read_image, require_scalar_volume
     from ..models import shipped_model_dir
-    from ..prediction import Prediction, Provenance, write_prediction
+    from ..prediction import Prediction, Provenance, positive_probability, write_prediction
     from ..geometry import Geometry
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise input_error(out, "already exists and is not empty; choose another --out (nothing was changed)")
-    kind = DEMO_STUDIES[args.method]
+    kind, params, seed = DEMO_STUDIES[args.method]
+    seed = seed if args.seed is None else args.seed
     t0 = time.perf_counter()
-    study = synth.generate(kind, out / "study", cases=1, seed=args.seed, size=args.size)
+    study = synth.generate(kind, out / "study", cases=1, seed=seed, size=args.size, params=params)
     case = load_dataset(study).cases[0]
-    print(f"study        {study} ({kind}, {args.size}, seed {args.seed})")
-    image = read_volume(case.image)
+    print(f"study        {study} ({kind}, {args.size}, seed {seed})")
+    image = require_scalar_volume(read_image(case.image), case.image, allow_2d=kind == "bone-scan")
     model_dir = shipped_model_dir(args.method)
     if model_dir is not None:
         from ..training import load_trained
@@ -63,9 +67,10 @@ def run(args) -> int:
         from ..dataset import read_mask
         from .. import markups
 
-        pred = Prediction(geometry=Geometry.of(image),
+        geometry = Geometry.of(image)
+        pred = Prediction(geometry=geometry,
                           provenance=Provenance(method="synthetic ground truth", input=str(case.image)),
-                          mask=read_mask(case.mask) if case.mask else None, threshold=0.5,
+                          mask=read_mask(case.mask).reshape(geometry.shape) if case.mask else None, threshold=0.5,
                           points=markups.read_points(case.points) if case.points else [],
                           boxes=markups.read_boxes(case.boxes) if case.boxes else [])
         print(f"model        none shipped for {args.method}: showing the study's ground truth")
@@ -74,6 +79,10 @@ def run(args) -> int:
         print(f"{key:12s} {path}")
     print(f"findings     {len(pred.points)} points, {len(pred.boxes)} boxes, "
           f"{int(pred.mask.sum()) if pred.mask is not None else 0} mask voxels")
+    if pred.classes and case.label is not None:  # a classifier: its decision against the study's label
+        truth = load_dataset(study).labels.get(str(case.label), str(case.label))
+        print(f"class        {pred.classes[0].label} (p {positive_probability(pred.classes):.3f}); "
+              f"the study's label: {truth}")
     if not args.no_mrb:
         from ..scene_bundle import write_scene_bundle
 

@@ -5,10 +5,12 @@ label table), with ROC and PR plots:
 
     .venv/bin/python Testing/benchmarks/bone_scan_cls_experiments.py \
         [--images ../shared/data/bone_scan_bs80k/anterior] [--labels .../labels.tsv] \
-        [--archs compact resnet50 vgg19 densenet121] [--seeds 0 1 2] [--set epochs=30 ...] \
+        [--archs compact resnet50 vgg19 densenet121] [--seeds 0 1 2] [--config FILE] [--set epochs=30 ...] \
         [--work /tmp/bone_scan_cls] [--name bone-scan-cls-bs80k] [--device auto]
 
-Each seed is also the split seed, so the SD covers both the training noise and which
+The paper's networks on 2 CPU cores: `--archs resnet50 densenet121 vgg19 --seeds 0 --config
+Resources/configs/bone-scan-cls/cpu-paper.json`; with ImageNet files on a GPU: `--config
+Resources/configs/bone-scan-cls/gpu-paper.json --device cuda`.  Each seed is also the split seed, so the SD covers both the training noise and which
 patients land in the 30 % test split.  Results: Resources/benchmarks/<name>.json / .md /
 -roc.png / -pr.png.
 """
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from LesionDetectLib.commands.train import parse_key_values  # noqa: E402
 from LesionDetectLib.dataset import load_dataset, write_dataset_json  # noqa: E402
 from LesionDetectLib.methods import get_method  # noqa: E402
-from LesionDetectLib.training import check_config, config_defaults, load_trained, train  # noqa: E402
+from LesionDetectLib.training import config_defaults, load_trained, train, training_config  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "bone_scan_bs80k" / "anterior"
 
@@ -48,6 +50,14 @@ def label_table_dataset(images: Path, labels: Path, out: Path, name: str) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     write_dataset_json(out, name, "NM", cases, labels={"0": "normal", "1": "metastasis"}, overwrite=True)
     return out
+
+
+def shown(path: Path) -> str:
+    """A data path as the README quotes it (../shared/... from the project root)."""
+    try:
+        return "../" + str(path.resolve().relative_to(ROOT.parent.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def plot_curves(runs_by_arch: dict, path_roc: Path, path_pr: Path) -> None:
@@ -92,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=Path, default=None, help="image<TAB>label table (default: IMAGES/labels.tsv)")
     ap.add_argument("--archs", nargs="+", default=["compact"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--config", type=Path, help="an experiment config (Resources/configs/bone-scan-cls/)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bone_scan_cls"))
     ap.add_argument("--name", default="bone-scan-cls-bs80k")
@@ -99,8 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "Resources" / "benchmarks")
     args = ap.parse_args(argv)
     method = get_method("bone-scan-cls")
-    overrides = parse_key_values(args.set)
-    check_config(overrides, config_defaults(method), "--set", method.name)
+    overrides = training_config(method, args.config, parse_key_values(args.set))  # checked: unknown keys refused
+    overrides = {k: v for k, v in overrides.items() if v != config_defaults(method).get(k)}  # what differs
     data = label_table_dataset(args.images, args.labels or args.images / "labels.tsv", args.work / "dataset",
                                args.name)
     dataset = load_dataset(data)
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
         {"command": command, "machine": machine, "overrides": overrides, "rows": table["rows"], "runs": runs}, indent=1))
     plot_curves(by_arch, args.results / f"{args.name}-roc.png", args.results / f"{args.name}-pr.png")
     (args.results / f"{args.name}.md").write_text(
-        f"# bone-scan-cls on {args.images}\n\nCommand: `{command}`  \nMachine: {machine}\n\n"
+        f"# bone-scan-cls on {shown(args.images)}\n\nCommand: `{command}`  \nMachine: {machine}\n\n"
         f"Test split: 30 % of the patients (stratified), threshold chosen on the validation split.\n\n"
         f"```\n{report}\n```\n\n![ROC]({args.name}-roc.png) ![PR]({args.name}-pr.png)\n")
     return 0

@@ -212,22 +212,28 @@ class BoneScanClassifier(Method):
                     if len(values) > 1 else 0.0
             row["confusion_matrix"] = {k: int(sum(r["confusion_matrix"][k] for r in group))
                                        for k in ("tp", "fp", "tn", "fn")}
+            row["auc_ci95_per_run"] = [r.get("auc_ci95") for r in group]
             table[name] = row
         return {"rows": table, "runs": runs}
 
     def report(self, metrics):
         rows = metrics.get("rows") or {metrics["architecture"]: {**metrics, "runs": 1}}
         head = ["Accuracy", "Recall", "Precision", "F1", "AUC", "AP", "Specif."]
-        out = [f"{'network':24s} " + " ".join(f"{h:>15s}" for h in head)]
+        labels = {name: name if row.get("imagenet") else f"{name} (ImageNet weights absent)"
+                  for name, row in rows.items()}
+        width = max(len(v) for v in labels.values())
+        out = [f"{'network':{width}s} " + " ".join(f"{h:>15s}" for h in head)]
         for name, row in rows.items():
-            label = name if row.get("imagenet") else f"{name} (ImageNet weights absent)"
+            label = labels[name]
             cells = [f"{row[k]:.3f} ± {row.get(k + '_sd', 0.0):.3f}" if row.get("runs", 1) > 1 else f"{row[k]:.3f}"
                      for k in SUMMARY_KEYS]
-            out.append(f"{label:24s} " + " ".join(f"{c:>15s}" for c in cells))
+            out.append(f"{label:{width}s} " + " ".join(f"{c:>15s}" for c in cells))
         for name, row in rows.items():
             cm = row["confusion_matrix"]
+            cis = [ci for ci in row.get("auc_ci95_per_run", [row.get("auc_ci95")]) if ci]
             out.append(f"  {name}: TP {cm['tp']} FP {cm['fp']} TN {cm['tn']} FN {cm['fn']}"
-                       + (f", AUC 95 % CI {row['auc_ci95'][0]:.3f}-{row['auc_ci95'][1]:.3f}" if "auc_ci95" in row else ""))
+                       + (" (summed over runs)" if row.get("runs", 1) > 1 else "")
+                       + ("; AUC 95 % bootstrap CI " + ", ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in cis) if cis else ""))
         return "\n".join(out)
 
 
