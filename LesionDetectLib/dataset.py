@@ -131,14 +131,15 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                    extra=extra)
 
 
-def validate_dataset(path: str | os.PathLike) -> list[str]:
+def validate_dataset(path: str | os.PathLike, check_image: Callable | None = None) -> list[str]:
     """Every problem with a dataset, at once, as readable lines (empty list = valid).
 
     Checks: JSON structure; duplicate case ids; a patient in two explicit splits; every named
     file exists and reads; the image is a finite greyscale image whose DICOM modality (if
     any) is the dataset's; masks and ROI masks have the image's geometry and only values
     listed in "labels"; points and boxes lie inside the image.  A case whose JSON entry is
-    broken is still checked as far as its entry allows.
+    broken is still checked as far as its entry allows.  `check_image(image, path)` (e.g. a
+    method's `check_input`) adds its `LesionDetectError` for each image as a problem.
     """
     try:
         file, doc = read_dataset_json(path)
@@ -155,7 +156,8 @@ def validate_dataset(path: str | os.PathLike) -> list[str]:
     for n, entry in enumerate(cases):
         if isinstance(entry.get("image"), str) and entry["image"]:
             where = f'case "{entry["id"]}"' if isinstance(entry.get("id"), str) else f"case #{n}"
-            problems += [f"{where}: {p}" for p in _case_file_problems(file.parent, entry, modality, label_values)]
+            problems += [f"{where}: {p}" for p in _case_file_problems(file.parent, entry, modality, label_values,
+                                                                      check_image)]
     return problems
 
 
@@ -184,7 +186,8 @@ def _label_values(labels: dict) -> set[int] | None:
         return None
 
 
-def _case_file_problems(root: Path, entry: dict, modality: str | None, label_values: set[int] | None) -> list[str]:
+def _case_file_problems(root: Path, entry: dict, modality: str | None, label_values: set[int] | None,
+                        check_image: Callable | None = None) -> list[str]:
     """What is wrong with the files one case names (its image first: the rest is checked against it)."""
     from .geometry import Geometry
     from .io import read_image, require_scalar_volume
@@ -192,6 +195,8 @@ def _case_file_problems(root: Path, entry: dict, modality: str | None, label_val
     image_path = _resolve(root, entry["image"])
     try:
         image = require_scalar_volume(read_image(image_path), image_path, allow_2d=True)
+        if check_image is not None:
+            check_image(image, image_path)
     except LesionDetectError as exc:
         return [f"image {exc}"]
     problems = []
@@ -199,6 +204,12 @@ def _case_file_problems(root: Path, entry: dict, modality: str | None, label_val
     if modality and tag in MODALITIES and tag != modality:
         problems.append(f"image {image_path}: is a {tag} image (DICOM Modality tag) but the dataset's modality is "
                         f"{modality}; move it to a {tag} dataset or fix \"modality\"")
+    elif modality and check_image is None and image.GetDimension() == 3:
+        from .gate import modality_problem
+
+        wrong = modality_problem(image, modality)
+        if wrong:
+            problems.append(f"image {image_path}: {wrong} (the dataset's modality is {modality})")
     geom = Geometry.of(image)
     for key in ("mask", "roi"):
         if isinstance(entry.get(key), str):
@@ -415,3 +426,22 @@ def write_dataset_json(root: str | os.PathLike, name: str, modality: str, cases:
     if problems:
         raise LesionDetectError("refusing to write an invalid dataset.json: " + "; ".join(problems))
     return write_json(Path(root) / DATASET_FILE, doc, overwrite=overwrite)
+
+
+def check_dataset(path: str | os.PathLike, method) -> Dataset:
+    """The dataset gate of `train` and `evaluate`: `validate_dataset`'s checks plus the
+    method's own input check of every image (3-D methods; a planar method's files may hold
+    several views, which `validate_dataset` checks as images), every problem listed in one
+    error; then the parsed dataset, whose modality must be the method's."""
+    try:
+        modality = load_dataset(path).modality
+    except LesionDetectError:
+        modality = None  # validate_dataset lists what is wrong
+    if modality is not None and modality != method.modality:
+        raise input_error(path, f"is a {modality} dataset; method '{method.name}' needs {method.modality}")
+    check = method.check_input if method.modality != "NM" else None
+    problems = validate_dataset(path, check_image=check)
+    if problems:
+        listed = "\n  ".join(problems)
+        raise input_error(_dataset_json(path), f"has {len(problems)} problem(s); nothing was done:\n  {listed}")
+    return load_dataset(path)

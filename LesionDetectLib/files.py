@@ -1,10 +1,21 @@
-"""Safe file writing: atomic replacement and never clobbering what the user already has."""
+"""Safe file writing: atomic replacement and never clobbering what the user already has.
+
+Files are written to a temporary sibling and renamed onto their name (`atomic_path`); a
+result folder is written whole into a temporary sibling folder and swapped in with one
+atomic exchange (`atomic_dir`), so a process killed at any moment leaves either the complete
+previous folder or the complete new one.  `read_json` is the one JSON reader: it refuses
+files above `MAX_JSON_BYTES` or nested deeper than `MAX_JSON_DEPTH` before parsing them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import re
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +48,10 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); results get the permissions any new file would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         if overwrite:
             os.replace(tmp_path, dest)
         else:
@@ -53,15 +68,42 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             tmp_path.unlink()
 
 
+MAX_JSON_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: str) -> int:
+    """How deeply brackets nest in JSON `text` (strings ignored), without parsing it."""
+    import numpy as np
+
+    brackets = re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
+    delta = np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)
+    return int(np.cumsum(delta).max())
+
+
 def read_json(path: str | os.PathLike, missing: str = "not found", invalid: str = "is not valid JSON"):
     """Parse a JSON file.  A missing, unreadable or malformed file is one LesionDetectError
     naming it: `missing` or `invalid (<parser's reason>)` say what that means to the caller."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.is_dir():
+            raise input_error(path, "is a folder, not a JSON file")
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise input_error(path, f"{invalid}: it is {size / 2**20:.0f} MiB, more than the {MAX_JSON_BYTES // 2**20} "
+                                    "MiB a LesionDetect JSON file may have")
+        text = path.read_text(encoding="utf-8")
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise input_error(path, f"{invalid}: it is nested {depth} levels deep (at most {MAX_JSON_DEPTH} are allowed)")
+        return json.loads(text)
     except FileNotFoundError:
         raise input_error(path, missing) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         raise input_error(path, f"{invalid} ({exc})") from None
     except OSError as exc:
         raise input_error(path, f"cannot be read ({exc.strerror})") from None
@@ -78,3 +120,95 @@ def write_text(dest: str | os.PathLike, text: str, overwrite: bool = False) -> P
     with atomic_path(dest, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(dest)
+
+
+# --- output folders --------------------------------------------------------------------------
+
+def check_out_dir(path: str | os.PathLike, inputs=(), what: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file, lies under a file, cannot
+    be created (no write permission) or lies inside (or is) one of the `inputs`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise input_error(path, f"is a file; {what} must be a folder (a new one, or one holding an earlier result)")
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise input_error(path, f"cannot be created: {ancestor} is a file, not a folder; choose another {what}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise input_error(path, f"cannot be created or written: no write permission in {ancestor}")
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if resolved == source or (source.is_dir() and source in resolved.parents):
+            raise input_error(path, f"lies inside the input {item}; write results elsewhere, so that the input "
+                                    "stays as it was")
+    return path
+
+
+def fault_point(name: str) -> None:
+    """Test hook: LESIONDETECT_TEST_KILL_AT=<name> kills this process with SIGKILL here (the
+    fault tests use it to stop a writer at every step)."""
+    if os.environ.get("LESIONDETECT_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
+    """Yield a new temporary folder beside `dest`; on success it becomes `dest` in one atomic
+    step.  Files of an existing `dest` whose names are not in `replaced` (the user's own,
+    e.g. a scene bundle) are carried over as hard links; the old `replaced` files are not, so
+    no stale file of an earlier result survives.  A `dest` holding sub-folders is refused.
+    A crash at any moment leaves the old `dest` or the new one, whole; leftovers of a killed
+    run are removed by the next one."""
+    dest = Path(dest)
+    if dest.is_symlink():  # replace the folder it points to, not the link
+        dest = dest.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{dest.name}.tmp-"
+    for stale in dest.parent.glob(glob.escape(prefix) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if dest.is_dir():
+        folders = sorted(e.name for e in dest.iterdir() if e.is_dir())
+        if folders:
+            raise input_error(dest, f"holds folders that are not part of a result ({', '.join(folders[:3])}); write "
+                                    "the result into a new or empty folder")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+    try:
+        try:
+            yield tmp
+        except OSError as exc:  # e.g. a full disk: the earlier folder is untouched, the partial one removed
+            raise input_error(dest, f"cannot be written ({exc.strerror or exc}); nothing was changed") from None
+        if dest.is_dir():
+            for entry in dest.iterdir():
+                if entry.name not in replaced and not (tmp / entry.name).exists():
+                    try:
+                        os.link(entry, tmp / entry.name)
+                    except OSError:
+                        shutil.copy2(entry, tmp / entry.name)
+        fault_point("before-swap")
+        if not dest.exists():
+            os.rename(tmp, dest)
+        elif not _exchange(tmp, dest):  # no atomic exchange here: two renames, a short window
+            old = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+            os.rename(dest, old / "old")
+            os.rename(tmp, dest)
+            tmp = old
+        fault_point("after-swap")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -17,11 +17,8 @@ saying what to do.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ import SimpleITK as sitk
 
 from .errors import LesionDetectError, input_error
 from .files import atomic_path
+from .gate import check_dicom_series, check_header, check_values
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
 READABLE_FORMATS = ("NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM (a file or a folder "
@@ -91,60 +89,6 @@ def _itk_warnings_off():
         sitk.ProcessObject.SetGlobalWarningDisplay(was_on)
 
 
-# --- NIfTI completeness -------------------------------------------------------------------
-# ITK's NIfTI reader silently zero-fills a truncated .nii.gz, so we check the byte count
-# ourselves: header (vox_offset, dims, bitpix) against the (decompressed) length.
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """vox_offset + voxel bytes from a single-file NIfTI-1/2 header, or None if not one."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            if header[344:347] != b"n+1":
-                return None  # .hdr/.img pair or Analyze: data lives elsewhere
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            if header[4:7] != b"n+2":
-                return None
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0:
-        return None
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]], dtype=np.int64))
-    return vox_offset + voxels * bitpix // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"  # gzip magic; the extension alone can lie
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-            header = f.read(540)
-            expected = _nifti_expected_bytes(header)
-            if expected is None:
-                return  # not a single-file NIfTI: let SimpleITK judge it
-            have = len(header)
-            if compressed:
-                while chunk := f.read(1 << 22):
-                    have += len(chunk)
-            else:
-                have = path.stat().st_size
-    except EOFError:
-        raise input_error(path, "is truncated (the compressed data stops early); the copy or download was probably "
-                                "interrupted. Copy or export it again.") from None
-    except (gzip.BadGzipFile, zlib.error):
-        raise input_error(path, "is damaged: its compressed data is corrupt. Copy or export it again.") from None
-    if have < expected:
-        raise input_error(path, f"is truncated: its header promises {expected} bytes but the file holds {have}. "
-                                "Copy or export it again.")
-
-
 # --- reading -------------------------------------------------------------------------------
 
 def dicom_series_files(folder: str | os.PathLike) -> list[str]:
@@ -168,7 +112,9 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
         raise input_error(folder, f"is a folder without DICOM images ({len(files)} other file(s): {_some(files)}); "
                                   "give an image file, or a folder holding the DICOM slices of one series")
     series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids]
-    return list(max(series, key=len))
+    chosen = list(max(series, key=len))
+    check_dicom_series(folder, chosen, {Path(f).name for files in series for f in files})
+    return chosen
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -207,8 +153,7 @@ def read_image(path: str | os.PathLike, pixel_type: int | None = None, allow_fol
         else:
             if path.stat().st_size == 0:
                 raise input_error(path, "is empty (0 bytes); the copy or export failed. Copy or export it again.")
-            if _format_name(path) == "NIfTI":
-                _check_nifti_complete(path)
+            check_header(path)  # before any voxel is read: see gate.py
             image = sitk.ReadImage(str(path))
     except LesionDetectError:
         raise
@@ -232,23 +177,10 @@ def require_scalar_volume(image: sitk.Image, path: str | os.PathLike | None = No
                           allow_2d: bool = False) -> sitk.Image:
     """Check that `image` is a scalar 3-D volume (or 2-D if allowed) with finite values.
 
-    A 4-D image, a vector/RGB image or NaN/Inf voxels are errors naming `path`.
+    A 4-D image, a vector/RGB/complex image or NaN/Inf voxels are errors naming `path`
+    (`gate.check_values`).
     """
-    dim = image.GetDimension()
-    needed = "a 2-D image or a 3-D volume" if allow_2d else "a 3-D volume"
-    if dim > 3:
-        size = " x ".join(str(s) for s in image.GetSize())
-        raise input_error(path, f"is a {dim}-D image ({size}); {needed} is needed. Save one time point, echo "
-                                "or channel as its own file first.")
-    if dim == 2 and not allow_2d:
-        raise input_error(path, "is a 2-D image; a 3-D volume is needed (give the whole series or volume, not "
-                                "one slice or a screenshot)")
-    components = image.GetNumberOfComponentsPerPixel()
-    if components != 1:
-        kind = "colour (RGB)" if components in (3, 4) else "vector"
-        raise input_error(path, f"is a {kind} image with {components} values per voxel; a single-channel "
-                                "(greyscale) image is needed. Export the original greyscale image instead.")
-    check_finite(image, path)
+    check_values(image, path, dimensions=(2, 3) if allow_2d else (3,))
     return image
 
 

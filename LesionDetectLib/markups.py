@@ -139,7 +139,7 @@ def read_points(path: str | os.PathLike) -> list[LesionPoint]:
     points = []
     for n, item in enumerate(_markups_of_type(path, "Fiducial")):
         to_lps = _to_lps(path, n, item)
-        control_points = item.get("controlPoints") or []
+        control_points = _control_points(path, n, item)
         scores = [_description_score(cp) for cp in control_points]
         if all(s is None for s in scores):  # written by a tool that kept only the measurement
             scores = _measurement_point_values(item) or scores
@@ -148,7 +148,7 @@ def read_points(path: str | os.PathLike) -> list[LesionPoint]:
                 continue  # a placeholder Slicer keeps for a point not placed yet
             position = to_lps(_vector(path, f"markup {n} control point {k} position", cp.get("position"), 3))
             score = _HAND_PLACED_SCORE if score is None else score
-            points.append(LesionPoint(position=position, score=score, label=cp.get("label") or "lesion"))
+            points.append(LesionPoint(position=position, score=score, label=str(cp.get("label") or "lesion")))
     return points
 
 
@@ -163,15 +163,20 @@ def read_boxes(path: str | os.PathLike) -> list[LesionBox]:
         # LPS file: orientation already holds the axes in LPS; RAS file: R itself
         orientation = _vector(path, f"markup {n} orientation", item.get("orientation", list(np.eye(3).ravel())), 9)
         axes = orientation.reshape(3, 3)
+        if np.any(size < 0):
+            raise input_error(path, f"markup {n}: ROI size {size.tolist()} is negative; sizes are widths in mm")
+        if not np.allclose(axes.T @ axes, np.eye(3), atol=1e-3):
+            raise input_error(path, f"markup {n}: ROI orientation {orientation.tolist()} is not a rotation (its axes "
+                                    "are not orthonormal, e.g. singular); export the ROI again from Slicer")
         if _coordinate_system(path, n, item) == "RAS":
             axes = ras_to_lps(axes.T).T
-        cp = (item.get("controlPoints") or [{}])[0]
+        cp = (_control_points(path, n, item) or [{}])[0]
         score = _description_score(cp)
         if score is None:
             score = _measurement_value(item)
-        boxes.append(LesionBox(center=center, size=size, axes=axes, label=cp.get("label") or "lesion",
+        boxes.append(LesionBox(center=center, size=size, axes=axes, label=str(cp.get("label") or "lesion"),
                                score=_HAND_PLACED_SCORE if score is None else score,
-                               extra=_description(cp).get("extra") or {}))
+                               extra=_extra if isinstance(_extra := _description(cp).get("extra"), dict) else {}))
     return boxes
 
 
@@ -218,6 +223,17 @@ def _vector(path: Path, what: str, value: Any, length: int) -> np.ndarray:
     return v
 
 
+def _control_points(path: Path, n: int, item: dict) -> list[dict]:
+    points = item.get("controlPoints") or []
+    if not isinstance(points, list) or not all(isinstance(cp, dict) for cp in points):
+        raise input_error(path, f'markup {n}: "controlPoints" must be a list of objects, not {str(points)[:60]!r}')
+    return points
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def _description(cp: dict) -> dict:
     try:
         d = json.loads(cp.get("description") or "")
@@ -228,7 +244,7 @@ def _description(cp: dict) -> dict:
 
 def _description_score(cp: dict) -> float | None:
     score = _description(cp).get("score")
-    return float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+    return float(score) if _number(score) else None
 
 
 def _score_measurements(item: dict) -> list[dict]:
@@ -237,7 +253,7 @@ def _score_measurements(item: dict) -> list[dict]:
 
 def _measurement_value(item: dict) -> float | None:
     for m in _score_measurements(item):
-        if isinstance(m.get("value"), (int, float)):
+        if _number(m.get("value")):
             return float(m["value"])
     return None
 
@@ -246,6 +262,7 @@ def _measurement_point_values(item: dict) -> list[float] | None:
     """Per-point scores, only if there is exactly one per control point (else they cannot be matched)."""
     for m in _score_measurements(item):
         values = m.get("controlPointValues")
-        if isinstance(values, list) and len(values) == len(item.get("controlPoints") or []):
+        points = item.get("controlPoints") or []
+        if isinstance(values, list) and len(values) == len(points) and all(_number(v) for v in values):
             return [float(v) for v in values]
     return None

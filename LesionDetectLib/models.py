@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,16 @@ def read_card(path: str | os.PathLike) -> tuple[Path, ModelCard]:
     if not card_path.exists():
         raise input_error(path, f"is not a LesionDetect model (no {CARD_FILE} found)")
     doc = read_json(card_path, invalid="is not a valid model card")
+    if not isinstance(doc, dict):
+        raise input_error(card_path, "is not a valid model card (it must hold a JSON object)")
+    for key, kind in (("method", str), ("modality", str), ("config", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise input_error(card_path, f"is not a valid model card (\"{key}\" is missing or not a "
+                                         f"{'name' if kind is str else 'JSON object'})")
+    weights = doc.get("weights_file", WEIGHTS_FILE)
+    if not isinstance(weights, str) or Path(weights).name != weights or weights in ("", ".", ".."):
+        raise input_error(card_path, f"is not a valid model card (\"weights_file\" {weights!r} must be a file name "
+                                     "beside the card)")
     try:
         return card_path.parent, ModelCard(**doc)
     except TypeError as exc:
@@ -145,3 +157,63 @@ def shipped_model_dir(method: str) -> Path | None:
         if (root / method / CARD_FILE).exists():
             return root / method
     return None
+
+
+# --- checking a card before use -----------------------------------------------------------------
+
+_POSITIVE = re.compile(r"size|pixels|stride|tile|batch|spacing|patch_mm|radius|width|base|depth|max_")
+
+
+def card_problems(card: ModelCard, defaults: dict[str, Any]) -> list[str]:
+    """Every problem of a card's values, checked against the method's full default config
+    (`defaults`): numbers where numbers belong, finite, not negative where the default is
+    not, above zero for sizes/spacings/batches, windows low < high, thresholds in [0, 1]."""
+    problems = []
+    if not isinstance(card.config, dict):
+        return ["\"config\" must be an object"]
+    problems += _config_problems(card.config, defaults, "config.")
+    if not isinstance(card.thresholds, dict):
+        problems.append("\"thresholds\" must be an object of numbers")
+    else:
+        for key, value in card.thresholds.items():
+            if not _is_number(value) or not 0.0 <= float(value) <= 1.0:
+                problems.append(f"thresholds.{key} is {value!r}; a threshold is a number from 0 to 1")
+    if not isinstance(card.class_names, list) or not all(isinstance(n, str) for n in card.class_names):
+        problems.append("\"class_names\" must be a list of names")
+    return problems
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _config_problems(config: dict, defaults: dict, prefix: str) -> list[str]:
+    problems = []
+    for key, default in defaults.items():
+        if key not in config:
+            continue  # the method's default applies
+        value, name = config[key], prefix + key
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                problems.append(f"{name} is {value!r}; expected true or false")
+        elif isinstance(default, (int, float)):
+            if not _is_number(value):
+                problems.append(f"{name} is {value!r}; expected a finite number")
+            elif default >= 0 and value < 0:
+                problems.append(f"{name} is {value!r}; it cannot be negative")
+            elif default > 0 and value <= 0 and _POSITIVE.search(key):
+                problems.append(f"{name} is {value!r}; it must be above zero")
+        elif isinstance(default, str):
+            if not isinstance(value, str) and value is not None:  # None: "none of them" (e.g. no lr schedule)
+                problems.append(f"{name} is {value!r}; expected a name such as {default!r}")
+        elif isinstance(default, list) and default and all(_is_number(v) for v in default):
+            if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+                problems.append(f"{name} is {value!r}; expected a list of finite numbers like {default!r}")
+            elif "window" in key and len(value) == 2 and not value[0] < value[1]:
+                problems.append(f"{name} is {value!r}; a window needs low < high")
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                problems.append(f"{name} is {value!r}; expected an object")
+            else:
+                problems += _config_problems(value, default, name + ".")
+    return problems

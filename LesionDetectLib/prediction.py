@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from . import __version__, markups
 from .errors import input_error
-from .files import atomic_path, read_json, refuse_existing, write_json, write_text
+from .files import atomic_dir, atomic_path, fault_point, read_json, refuse_existing, write_json, write_text
 from .findings import ClassResult, LesionBox, LesionPoint, positive_probability  # re-exported: the parts
 from .geometry import Geometry
 
@@ -112,33 +112,46 @@ def summary_probability(pred: Prediction) -> float | None:
 def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
     """Write every part `pred` has into `out_dir` (see the module docstring); returns the paths.
 
-    Refuses to overwrite an earlier prediction in `out_dir` unless overwrite=True.  Each file
-    is written atomically, the manifest last, so a reader never sees a half-written result.
+    Refuses to overwrite an earlier prediction in `out_dir` unless overwrite=True.  The folder
+    is written whole into a temporary sibling and swapped in (`files.atomic_dir`): a process
+    killed at any moment leaves the complete earlier result or the complete new one, and
+    none of the earlier result's files survive beside the new one (other files the user put
+    into the folder do).
     """
-    from . import segnrrd  # imported here: it pulls in slicerio and pynrrd
-
     out = Path(out_dir)
     if not overwrite:
         for name in [MANIFEST, *FILES.values()]:
             refuse_existing(out / name)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, replaced=[MANIFEST, *FILES.values()]) as tmp:
+        written = _write_parts(pred, tmp)
+    return {key: out / path.name for key, path in written.items()}
+
+
+def _write_parts(pred: Prediction, out: Path) -> dict[str, Path]:
+    """Every part into the (new, empty) folder `out`, the manifest last."""
+    from . import segnrrd  # imported here: it pulls in slicerio and pynrrd
+
     written: dict[str, Path] = {}
     if pred.probability is not None:
-        with atomic_path(out / FILES["probability"], overwrite=overwrite) as tmp:
-            sitk.WriteImage(pred.geometry.image(pred.probability), str(tmp), useCompression=True)
+        with atomic_path(out / FILES["probability"]) as tmp:
+            try:
+                sitk.WriteImage(pred.geometry.image(pred.probability), str(tmp), useCompression=True)
+            except RuntimeError as exc:  # ITK's way of saying the disk is full or the folder is gone
+                raise OSError(str(exc).strip().splitlines()[-1][:200]) from None
         written["probability"] = out / FILES["probability"]
+        fault_point("probability")
     if pred.mask is not None:
         segment = segnrrd.lesion_segment()
-        written["mask"] = segnrrd.write_segmentation(out / FILES["mask"], pred.mask, pred.geometry, [segment],
-                                                     overwrite=overwrite)
+        written["mask"] = segnrrd.write_segmentation(out / FILES["mask"], pred.mask, pred.geometry, [segment])
+        fault_point("mask")
     if pred.boxes:
-        written["boxes"] = markups.write_boxes(out / FILES["boxes"], pred.boxes, overwrite=overwrite)
+        written["boxes"] = markups.write_boxes(out / FILES["boxes"], pred.boxes)
     if pred.points:
-        written["points"] = markups.write_points(out / FILES["points"], pred.points, overwrite=overwrite)
+        written["points"] = markups.write_points(out / FILES["points"], pred.points)
     if pred.classes:
-        written["classes_json"] = write_json(out / FILES["classes_json"], [asdict(c) for c in pred.classes],
-                                             overwrite=overwrite)
-        written["classes_csv"] = write_text(out / FILES["classes_csv"], _classes_csv(pred.classes), overwrite=overwrite)
+        written["classes_json"] = write_json(out / FILES["classes_json"], [asdict(c) for c in pred.classes])
+        written["classes_csv"] = write_text(out / FILES["classes_csv"], _classes_csv(pred.classes))
+    fault_point("parts")
     manifest = {
         "format": "lesiondetect-prediction",
         "format_version": 1,
@@ -149,7 +162,7 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bo
                    "mask_voxels": int(pred.mask.sum()) if pred.mask is not None else None},
         "files": {k: p.name for k, p in written.items()},
     }
-    written["manifest"] = write_json(out / MANIFEST, manifest, overwrite=overwrite)
+    written["manifest"] = write_json(out / MANIFEST, manifest)
     return written
 
 

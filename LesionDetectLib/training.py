@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import load_dataset
+from .dataset import check_dataset
 from .errors import LesionDetectError, input_error
-from .files import read_json
-from .models import ModelCard, save_model
+from .files import atomic_path, check_out_dir, fault_point, read_json
+from .models import ModelCard, card_problems, save_model
 from .progress import progress, report
 
 CHECKPOINT = "checkpoint.pt"
@@ -173,14 +173,24 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     out = Path(out)
     if (out / "model.json").exists():
         raise input_error(out, "already holds a trained model; choose another --out")
+    check_out_dir(out)
+    if out.resolve() in (Path(data).resolve(), Path(data).resolve().parent if Path(data).is_file() else None):
+        raise input_error(out, "is the dataset folder itself; write the model into a folder of its own")
     config = training_config(method, config_path, overrides)
-    dataset = load_dataset(data)
-    if dataset.modality != method.modality:
-        raise input_error(data, f"is a {dataset.modality} dataset; method '{method.name}' needs {method.modality}")
+    problems = card_problems(ModelCard(method.name, method.modality, config), config_defaults(method))
+    if problems:
+        raise LesionDetectError(f"invalid {method.name} training config: " + "; ".join(problems))
+    dataset = check_dataset(data, method)  # every problem listed before any work
     seed = int(config["seed"])
     seed_everything(seed)
     dev = select_device(device)
     model = method.build_model(config, pretrained=bool(config["pretrained"] or config["weights"])).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    start_epoch, history = 0, []
+    if resume and (out / CHECKPOINT).exists():  # a damaged checkpoint is refused before any work
+        start_epoch, history = _resume(out / CHECKPOINT, model, optimizer, dev)
     train_set, val_set = method.training_data(dataset, config, seed)
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
@@ -191,18 +201,9 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
                                            collate_fn=method.collate, generator=generator, drop_last=False)
 
     loader = make_loader(train_set)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     epochs = int(config["epochs"])
     hard_epochs = int(config["hard_example_epochs"])
-    start_epoch, history = 0, []
     out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / CHECKPOINT).exists():
-        ckpt = torch.load(out / CHECKPOINT, map_location=dev, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history = int(ckpt["epoch"]), json.loads(ckpt["history"])
     steps_per_epoch = max(1, len(loader))
     total_steps = (epochs + hard_epochs) * steps_per_epoch
     time_limit_s = 60.0 * float(config["time_limit_minutes"])
@@ -242,8 +243,14 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         history.append(entry)
         report((epoch + 1) / (epochs + hard_epochs), f"epoch {epoch + 1}/{epochs + hard_epochs} "
                                                      f"loss {entry['train_loss']:.4f}")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "history": json.dumps(history)}, out / CHECKPOINT)
+        try:
+            with atomic_path(out / CHECKPOINT, overwrite=True) as tmp:  # a kill never leaves half a checkpoint
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                            "history": json.dumps(history)}, tmp)
+        except (OSError, RuntimeError) as exc:  # e.g. a full disk: the previous checkpoint stays
+            raise input_error(out / CHECKPOINT, f"cannot be written ({str(exc).strip()[:200]}); the previous "
+                                                "checkpoint is unchanged") from None
+        fault_point("checkpoint")
         if time_limit_s and epoch == start_epoch:
             # cut the run to the epochs that fit the time limit; the lr schedule ends with it
             fit = start_epoch + max(1, int(time_limit_s / (time.perf_counter() - t0)))
@@ -263,6 +270,20 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     save_model(out, model.state_dict(), card)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
+
+
+def _resume(path: Path, model, optimizer, device) -> tuple[int, list]:
+    """(epoch, history) of a checkpoint, its state loaded; a damaged or foreign one is one error."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return int(ckpt["epoch"]), json.loads(ckpt["history"])
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or foreign files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise input_error(path, f"cannot be resumed from: it is damaged, not a LesionDetect checkpoint of this "
+                                f"method and config, or holds more than plain tensors ({reason}). Delete it to "
+                                "train from the start.") from None
 
 
 @torch.no_grad()
@@ -285,10 +306,25 @@ def load_trained(model_path, method_name: str | None = None, device: str = "auto
     from .methods import get_method
     from .models import load_model, read_card
 
-    _, card = read_card(model_path)
+    from .methods import method_names
+    from .models import card_problems
+
+    card_dir, card = read_card(model_path)
+    if (method_name or card.method) not in method_names():
+        raise input_error(card_dir, f"is a model card of method {card.method!r}, which this LesionDetect does not "
+                                    f"have (it has {', '.join(method_names())})")
     method = get_method(method_name or card.method)
     state, card, _ = load_model(model_path, method=method.name, modality=method.modality)
+    problems = card_problems(card, config_defaults(method))
+    if problems:
+        raise input_error(card_dir / "model.json", f"is not a valid {method.name} model card: " + "; ".join(problems))
+    card.config = merge_config(config_defaults(method), card.config)  # keys older cards lack: the defaults
     dev = select_device(device)
-    model = method.build_model(card.config, pretrained=False)
-    model.load_state_dict(state)
+    try:
+        model = method.build_model(card.config, pretrained=False)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any failure here means card and weights do not fit
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise input_error(card_dir, f"its weights do not fit the network its card describes ({reason}); the card "
+                                    "or the weights were edited or come from another model") from None
     return method, model.to(dev).eval(), card, dev

@@ -224,3 +224,23 @@ def test_demo_runs_the_classifier_on_a_synthetic_crop_and_states_its_label(tmp_p
     assert "bone-scan" in out and (tmp_path / "d" / "prediction" / "prediction.json").exists()
     if shipped_model_dir("bone-scan-cls") is not None:  # the shipped model's decision against the label
         assert "class        " in out and "the study's label: metastatic hot spot" in out
+
+
+def test_the_shipped_model_is_small_verified_documented_and_runs(shared_data):
+    from LesionDetectLib.models import shipped_model_dir
+    from LesionDetectLib.training import load_trained
+
+    folder = shipped_model_dir("bone-scan-cls")
+    assert folder is not None, "Resources/models/bone-scan-cls must ship"
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 20 * 2 ** 20
+    method, model, card, device = load_trained(folder, device="cpu")  # checks the weights' sha256
+    for key in ("data", "licence", "intended_use", "known_failure_modes"):
+        assert card.training[key]
+    real = card.metrics["real_bs80k_anterior_held_out_patients"]
+    assert real["auc"] >= 0.95 and "auc_sd" in real
+    assert "synthetic_crops_seed11" in card.metrics and 0 < card.thresholds["image"] < 1
+    path = shared_data / "bone_scan_bs80k" / "anterior" / "1.jpg"
+    if path.exists():
+        ((_, image),) = method.read_inputs(path)
+        pred = method.predict(model, card, image, device)
+        assert pred.classes[0].decision in ("normal", "metastasis") and pred.probability.max() <= 1

@@ -22,17 +22,27 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..dataset import load_dataset
-    from ..files import write_json
+    from pathlib import Path
+
+    from ..dataset import check_dataset
+    from ..errors import input_error
+    from ..files import check_out_dir, write_json
     from ..training import load_trained
 
-    dataset = load_dataset(args.data)
-    runs, method = [], None
-    for path in args.model:
+    for option, path in (("--json", args.json), ("--plot", args.plot)):  # outputs checked before any work
+        if path:
+            if Path(path).is_dir():
+                raise input_error(path, f"is a folder; {option} needs a file name")
+            check_out_dir(Path(path).absolute().parent, what=f"the folder of {option}")
+
+    loaded, method = [], None
+    for path in args.model:  # every model card checked before any work
         method_, model, card, device = load_trained(path, method_name=method.name if method else None,
                                                     device=args.device)
         method = method or method_
-        runs.append(method.evaluate(model, card, dataset, device, split=args.split))
+        loaded.append((model, card, device))
+    dataset = check_dataset(args.data, method)  # the checks of `validate`, and the method's input check
+    runs = [method.evaluate(model, card, dataset, device, split=args.split) for model, card, device in loaded]
     metrics = runs[0] if len(runs) == 1 else method.combine(runs)
     print(method.report(metrics))
     if args.json:

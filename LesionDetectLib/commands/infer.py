@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
                    help="a method's inference option (JSON value), e.g. --set slices=10:40 for liver-frcnn")
     p.add_argument("--mrb", help="also write a Slicer scene bundle (.mrb) with everything styled (one input only)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prediction (and summary.csv) in --out")
+    p.add_argument("--force", action="store_true",
+                   help="run although the input does not look like the method's modality (e.g. a CT without its HU "
+                        "rescale); the prediction's provenance records what was overridden. Damaged, non-finite or "
+                        "wrongly shaped images are refused all the same")
     p.set_defaults(func=run)
 
 
@@ -62,6 +66,9 @@ def resolve_model(args) -> Path:
 
 
 def run(args) -> int:
+    from ..files import check_out_dir
+
+    check_out_dir(args.out, inputs=[args.input])  # before any work
     inputs = batch_inputs(args.input)
     if inputs is not None:
         return run_batch(args, inputs)
@@ -73,11 +80,9 @@ def run(args) -> int:
         raise LesionDetectError(f"{args.input} holds {len(views)} views ({', '.join(v for v, _ in views)}); --mrb "
                                 "writes the scene of one image: leave it out")
     names = _Names(reserved=())
-    for view, image in views:
-        pred = method.predict(model, card, image, device, **options)
-        pred.provenance.input = str(args.input)
-        if view:
-            pred.provenance.parameters["view"] = view
+    checked = [(view, image, method.check_input(image, args.input, force=args.force)) for view, image in views]
+    for view, image, forced in checked:
+        pred = _predict(method, model, card, image, device, options, args.input, view, forced)
         out = Path(args.out)
         if len(views) > 1:  # one result folder per view
             out = out / names.take(_safe_name(view))
@@ -91,6 +96,17 @@ def run(args) -> int:
     return 0
 
 
+def _predict(method, model, card, image, device, options, path, view, forced):
+    """`method.predict` on a checked image, its provenance completed."""
+    pred = method.predict(model, card, image, device, **options)
+    pred.provenance.input = str(path)
+    if view:
+        pred.provenance.parameters["view"] = view
+    if forced:
+        pred.provenance.parameters["forced"] = forced  # what --force overrode, for whoever reads the result
+    return pred
+
+
 def _load(args):
     """(method, model, card, device, inference options): the model loaded once."""
     from ..training import load_trained
@@ -100,6 +116,9 @@ def _load(args):
     options = parse_key_values(args.set)  # inference options: the method checks them, not the trainer
     method.check_inference_options(options)
     if args.threshold is not None:
+        if not 0.0 <= args.threshold <= 1.0:  # also refuses NaN
+            raise LesionDetectError(f"--threshold {args.threshold}: a decision threshold is a probability between 0 "
+                                    "and 1")
         options["threshold"] = args.threshold
     return method, model, card, device, options
 
@@ -243,10 +262,8 @@ def run_batch(args, inputs: list[Path]) -> int:
             try:
                 if dest.exists() and not args.overwrite:
                     raise input_error(dest, "already exists; left untouched (pass --overwrite to replace it)")
-                pred = method.predict(model, card, image, device, **options)
-                pred.provenance.input = str(path)
-                if view:
-                    pred.provenance.parameters["view"] = view
+                forced = method.check_input(image, path, force=args.force)
+                pred = _predict(method, model, card, image, device, options, path, view, forced)
                 write_prediction(pred, dest, overwrite=args.overwrite)
             except LesionDetectError as exc:
                 rows.append(error_row(path, view, exc))

@@ -67,6 +67,25 @@ class Method:
 
         return [("", read_image(path))]
 
+    def check_input(self, image: sitk.Image, path=None, force: bool = False) -> list[str]:
+        """The input gate for one image `read_inputs` gave (the header was checked when it was
+        read): scalar, the dimension the method takes (2-D for planar "NM" methods, else 3-D),
+        finite values, and the method's modality (`gate.modality_problem`: HU range for CT, no
+        CT-like values for MR, a DICOM Modality tag that agrees).  Raises `LesionDetectError`
+        naming `path`; `force` overrides only the modality check, and the problems it
+        overrode are returned (infer records them in the prediction's provenance)."""
+        from ..errors import input_error
+        from ..gate import check_values, modality_problem
+
+        check_values(image, path, dimensions=(2,) if self.modality == "NM" else (3,))
+        problem = modality_problem(image, self.modality)
+        if problem is None:
+            return []
+        if not force:
+            raise input_error(path, f"{problem} by method '{self.name}'. If you know better (e.g. a CT stored without "
+                                    "its HU rescale), pass --force: the result will record that it was forced.")
+        return [problem]
+
     def predict(self, model: torch.nn.Module, card: ModelCard, image: sitk.Image, device: torch.device,
                 **options) -> Prediction:
         """Run on one image; the Prediction has the image's geometry."""

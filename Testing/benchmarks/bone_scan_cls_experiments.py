@@ -10,7 +10,8 @@ label table), with ROC and PR plots:
 
 The paper's networks on 2 CPU cores: `--archs resnet50 densenet121 vgg19 --seeds 0 --config
 Resources/configs/bone-scan-cls/cpu-paper.json`; with ImageNet files on a GPU: `--config
-Resources/configs/bone-scan-cls/gpu-paper.json --device cuda`.  Each seed is also the split seed, so the SD covers both the training noise and which
+Resources/configs/bone-scan-cls/gpu-paper.json --device cuda`.  Synthetic whole-body scans: `lesiondetect synth bone-scan --out WB --cases 240 --size small`,
+then `--data WB --set input_size=[160,56] --set epochs=15`.  Each seed is also the split seed, so the SD covers both the training noise and which
 patients land in the 30 % test split.  Results: Resources/benchmarks/<name>.json / .md /
 -roc.png / -pr.png.
 """
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, default=SHARED)
     ap.add_argument("--labels", type=Path, default=None, help="image<TAB>label table (default: IMAGES/labels.tsv)")
+    ap.add_argument("--data", type=Path, help="a dataset folder instead (e.g. `lesiondetect synth bone-scan`)")
     ap.add_argument("--archs", nargs="+", default=["compact"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--config", type=Path, help="an experiment config (Resources/configs/bone-scan-cls/)")
@@ -112,8 +114,8 @@ def main(argv=None) -> int:
     method = get_method("bone-scan-cls")
     overrides = training_config(method, args.config, parse_key_values(args.set))  # checked: unknown keys refused
     overrides = {k: v for k, v in overrides.items() if v != config_defaults(method).get(k)}  # what differs
-    data = label_table_dataset(args.images, args.labels or args.images / "labels.tsv", args.work / "dataset",
-                               args.name)
+    data = args.data or label_table_dataset(args.images, args.labels or args.images / "labels.tsv",
+                                            args.work / "dataset", args.name)
     dataset = load_dataset(data)
     runs, by_arch = [], {}
     for arch in args.archs:
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
         {"command": command, "machine": machine, "overrides": overrides, "rows": table["rows"], "runs": runs}, indent=1))
     plot_curves(by_arch, args.results / f"{args.name}-roc.png", args.results / f"{args.name}-pr.png")
     (args.results / f"{args.name}.md").write_text(
-        f"# bone-scan-cls on {shown(args.images)}\n\nCommand: `{command}`  \nMachine: {machine}\n\n"
+        f"# bone-scan-cls on {shown(args.data or args.images)}\n\nCommand: `{command}`  \nMachine: {machine}\n\n"
         f"Test split: 30 % of the patients (stratified), threshold chosen on the validation split.\n\n"
         f"```\n{report}\n```\n\n![ROC]({args.name}-roc.png) ![PR]({args.name}-pr.png)\n")
     return 0

@@ -1,0 +1,225 @@
+"""Faults: a result folder is replaced whole (SIGKILL at any step leaves the old result or the
+new one, never a mix, never stale files); checkpoints are written atomically and a damaged
+one is one clear error on --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fuzz_corpus import flair_array, write
+from LesionDetectLib.errors import LesionDetectError
+from LesionDetectLib.files import atomic_dir
+from LesionDetectLib.geometry import Geometry
+from LesionDetectLib.models import shipped_model_dir
+from LesionDetectLib.prediction import LesionPoint, Prediction, Provenance, read_prediction, write_prediction
+from LesionDetectLib.training import _resume
+
+needs_model = pytest.mark.skipif(shipped_model_dir("ms-flair-fcn") is None, reason="no shipped ms-flair-fcn model")
+KILL_POINTS = ("probability", "mask", "parts", "before-swap", "after-swap")
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _prediction(points: int, probability: bool, tag: str) -> Prediction:
+    import SimpleITK as sitk
+
+    geom = Geometry.of(sitk.GetImageFromArray(flair_array()))
+    pred = Prediction(geometry=geom, provenance=Provenance(method="test", input=tag))
+    if probability:
+        pred.probability = np.full(geom.shape, 0.25, np.float32)
+    pred.points = [LesionPoint(position=np.array([1.0, 2.0, float(k)]), score=0.5) for k in range(points)]
+    return pred
+
+
+def test_overwrite_leaves_no_stale_file_of_the_earlier_result(tmp_path):
+    out = tmp_path / "out"
+    write_prediction(_prediction(points=3, probability=False, tag="old"), out)
+    (out / "notes.txt").write_text("the user's own file")
+    assert (out / "points.mrk.json").exists()
+    with pytest.raises(LesionDetectError, match="already exists"):
+        write_prediction(_prediction(points=0, probability=True, tag="new"), out)
+    write_prediction(_prediction(points=0, probability=True, tag="new"), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "prediction.json", "probability.nrrd"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert read_prediction(out).provenance.input == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+
+
+def test_a_failing_write_leaves_the_earlier_result_whole(tmp_path):
+    out = tmp_path / "out"
+    write_prediction(_prediction(points=2, probability=True, tag="old"), out)
+    before = snapshot(out)
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, replaced=["prediction.json"]) as tmp:
+            (tmp / "prediction.json").write_text("{}")
+            raise RuntimeError("disk full")
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_full_disk_is_one_error_and_changes_nothing(tmp_path, monkeypatch):
+    from LesionDetectLib import markups
+
+    out = tmp_path / "out"
+    write_prediction(_prediction(points=2, probability=True, tag="old"), out)
+    before = snapshot(out)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(markups, "write_points", full)
+    with pytest.raises(LesionDetectError, match=r"out: cannot be written \(No space left on device\); nothing was"):
+        write_prediction(_prediction(points=1, probability=True, tag="new"), out, overwrite=True)
+    assert snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_folder_with_subfolders_is_not_replaced(tmp_path):
+    (tmp_path / "out" / "mine").mkdir(parents=True)
+    with pytest.raises(LesionDetectError, match="holds folders that are not part of a result"):
+        write_prediction(_prediction(points=1, probability=False, tag="x"), tmp_path / "out")
+    assert (tmp_path / "out" / "mine").is_dir()
+
+
+def _infer(image, out, kill_at=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("LESIONDETECT_TEST_KILL_AT", None)
+    if kill_at:
+        env["LESIONDETECT_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen([sys.executable, "-m", "LesionDetectLib", "infer", "--method", "ms-flair-fcn",
+                             "--input", str(image), "--out", str(out), "--overwrite", "--device", "cpu"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _whole(out, old, new_input) -> str:
+    """'old' or 'new' when `out` holds one complete result, else an assertion error."""
+    files = snapshot(out)
+    if files == old:
+        return "old"
+    manifest = json.loads(files["prediction.json"])
+    assert manifest["provenance"]["input"] == str(new_input), "a result of neither run"
+    assert sorted(files) == sorted([*manifest["files"].values(), "prediction.json"]), "files beside the manifest"
+    read_prediction(out)  # every part readable
+    return "new"
+
+
+def _kill_test(tmp_path, points, timed=()):
+    old_image = write(flair_array(0), tmp_path / "old.nii.gz", compress=True)
+    new_image = write(flair_array(1)[:, :, ::-1].copy(), tmp_path / "new.nii.gz", compress=True)
+    out = tmp_path / "out"
+    proc = _infer(old_image, out)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    old = snapshot(out)
+    seen = []
+    for point in points:
+        proc = _infer(new_image, out, kill_at=point)
+        code = proc.wait(timeout=300)
+        assert code == -9, (point, proc.stderr.read().decode())
+        seen.append(_whole(out, old, new_image))
+        if seen[-1] == "new" and point != points[-1]:  # back to the old result for the next kill
+            proc = _infer(old_image, out)
+            assert proc.wait(timeout=300) == 0
+            old = snapshot(out)
+    for delay in timed:  # kills at moments nobody chose
+        proc = _infer(new_image, out)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(timeout=60)
+        _whole(out, old, new_image)
+    proc = _infer(new_image, out)  # a later run finishes and clears what the killed ones left
+    assert proc.wait(timeout=300) == 0
+    assert _whole(out, old, new_image) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.nii.gz", "old.nii.gz", "out"]
+    return seen
+
+
+@needs_model
+def test_sigkill_before_and_after_the_swap(tmp_path):
+    assert _kill_test(tmp_path, ("parts", "after-swap")) == ["old", "new"]
+
+
+@needs_model
+@pytest.mark.slow
+def test_sigkill_at_every_step_and_at_random_moments(tmp_path):
+    assert _kill_test(tmp_path, KILL_POINTS, timed=(0.5, 2.0, 3.0, 4.0)) == ["old"] * 4 + ["new"]
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def _model_and_optimizer():
+    model = torch.nn.Linear(3, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "pickle", "foreign"])
+def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage):
+    model, optimizer = _model_and_optimizer()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 2,
+                "history": json.dumps([{"epoch": 1}, {"epoch": 2}])}, path)
+    assert _resume(path, *_model_and_optimizer(), "cpu") == (2, [{"epoch": 1}, {"epoch": 2}])
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "pickle":
+        torch.save({"model": model.state_dict(), "evil": os.system, "epoch": 1}, path)
+    else:
+        torch.save({"model": torch.nn.Linear(5, 5).state_dict(), "optimizer": {}, "epoch": 1, "history": "[]"}, path)
+    with pytest.raises(LesionDetectError) as info:
+        _resume(path, *_model_and_optimizer(), "cpu")
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot be resumed from") and "\n" not in message
+    assert "Delete it to train from the start" in message
+
+
+def _flair_dataset(tmp_path):
+    from LesionDetectLib.cli import main
+
+    assert main(["synth", "ms-flair", "--out", str(tmp_path / "ds"), "--cases", "2", "--size", "small"]) == 0
+    return tmp_path / "ds"
+
+
+def _train_args(ds, out, *extra):
+    return ["train", "--method", "ms-flair-fcn", "--data", str(ds), "--out", str(out), "--device", "cpu",
+            "--set", "tiles_per_epoch=4", "--set", "batch_size=2", *extra]
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, run_cli, capsys):
+    ds = _flair_dataset(tmp_path)
+    capsys.readouterr()  # synth's progress
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "checkpoint.pt").write_bytes(b"PK\x03\x04" + bytes(100))  # a zip cut short
+    code, out, err = run_cli(*_train_args(ds, tmp_path / "m", "--epochs", "1", "--resume"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"lesiondetect: error: {tmp_path / 'm' / 'checkpoint.pt'}: cannot be resumed from")
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_leaves_a_whole_one_that_resumes(tmp_path):
+    ds = _flair_dataset(tmp_path)
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "LESIONDETECT_TEST_KILL_AT": "checkpoint"}
+    proc = subprocess.run([sys.executable, "-m", "LesionDetectLib", *_train_args(ds, out, "--epochs", "2")], env=env,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no temporary file beside it
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    env.pop("LESIONDETECT_TEST_KILL_AT")
+    proc = subprocess.run([sys.executable, "-m", "LesionDetectLib", *_train_args(ds, out, "--epochs", "2", "--resume")],
+                          env=env, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    history = json.loads((out / "model.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and not (out / "checkpoint.pt").exists()
