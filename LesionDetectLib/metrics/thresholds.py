@@ -15,6 +15,15 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.5
 
 
+def _flat(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """(bool labels, float scores), both flattened; a size mismatch is a ValueError."""
+    labels = np.asarray(labels).ravel() != 0
+    scores = np.asarray(scores, dtype=float).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    return labels, scores
+
+
 def fmax_threshold(labels, scores) -> float:
     """The threshold t (predict positive when score >= t) that maximises F1.
 
@@ -36,10 +45,7 @@ def fmax_threshold(labels, scores) -> float:
     """
     from sklearn.metrics import precision_recall_curve
 
-    labels = np.asarray(labels).ravel() != 0
-    scores = np.asarray(scores, dtype=float).ravel()
-    if labels.shape != scores.shape:
-        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    labels, scores = _flat(labels, scores)
     if labels.all() or not labels.any():
         return DEFAULT_THRESHOLD
     precision, recall, thresholds = precision_recall_curve(labels, scores)
@@ -63,10 +69,7 @@ def youden_threshold(labels, scores) -> float:
     """
     from sklearn.metrics import roc_curve
 
-    labels = np.asarray(labels).ravel() != 0
-    scores = np.asarray(scores, dtype=float).ravel()
-    if labels.shape != scores.shape:
-        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    labels, scores = _flat(labels, scores)
     if labels.all() or not labels.any():
         return DEFAULT_THRESHOLD
     fpr, tpr, thresholds = roc_curve(labels, scores)
