@@ -7,7 +7,8 @@ paper's 30 % test and 85 / 15 train / validation of the rest; the loss weighs bo
 equally (BS-80K is 6.6 % positive) and the decision threshold is chosen on the validation
 split (Youden's J by default).  What the user sees: the class probability, and where the
 network looked, as a Grad-CAM map scaled by that probability on the image's own grid (so a
-negative image's map stays under the threshold) with its strongest peaks as scored points.
+negative image's map stays under the threshold), and as scored points where strong activation
+meets strong uptake.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ...prediction import ClassResult, LesionPoint, Prediction, Provenance
 from ...progress import progress
 from ..base import Method
 from . import network
-from .data import ScanSet, augmentation, class_weights, planar_array, to_input
+from .data import ScanSet, augmentation, class_weights, normalised, planar_array, to_input
 
 CLASSES = ("normal", "metastasis")
 SUMMARY_KEYS = ("accuracy", "recall", "precision", "f1", "auc", "average_precision", "specificity")
@@ -58,8 +59,8 @@ class BoneScanClassifier(Method):
         "split_seed": 0,
         "threshold_rule": "youden",  # "youden" | "fmax", on the validation split
         "tta_flip": True,  # average with the horizontally flipped image at inference
-        "cam_points": 3,  # strongest activation peaks written as points
-        "cam_peak_fraction": 0.5,  # ... at least this fraction of the map's maximum
+        "cam_points": 3,  # strongest peaks of activation x uptake written as points
+        "cam_peak_fraction": 0.5,  # ... at least this fraction of the strongest
         "inference_batch": 64,
         "optimizer": "adam",
         "lr": 1e-3,
@@ -152,9 +153,12 @@ class BoneScanClassifier(Method):
         probability, cam = self.probability_and_cam(model, config, array, device)
         geometry = Geometry.of(image)
         heat = (probability * cam)[None].astype(np.float32)  # (1, rows, columns): a one-slice volume
-        points = [LesionPoint(tuple(geometry.index_to_lps([[x, y, 0.0]])[0]), score=round(probability * value, 4),
-                              label="activation")
-                  for (y, x), value in cam_peaks(cam, int(config["cam_points"]), float(config["cam_peak_fraction"]))]
+        # points: where strong activation meets strong uptake (the map alone is as coarse as the
+        # last block's grid, 8 pixels here, and puts its peaks beside a hot spot, not on it)
+        focus = cam * normalised(ndimage.gaussian_filter(array, 1.0))
+        points = [LesionPoint(tuple(geometry.index_to_lps([[x, y, 0.0]])[0]),
+                              score=round(probability * float(cam[y, x]), 4), label="uptake")
+                  for (y, x), _ in cam_peaks(focus, int(config["cam_points"]), float(config["cam_peak_fraction"]))]
         decision = CLASSES[1] if probability >= threshold else CLASSES[0]
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"threshold": threshold, "decision": decision,
