@@ -189,6 +189,9 @@ def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
             raise input_error(dest, f"holds folders that are not part of a result ({', '.join(folders[:3])}); write "
                                     "the result into a new or empty folder")
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; a result folder is not
     try:
         try:
             yield tmp

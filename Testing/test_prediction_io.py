@@ -83,3 +83,16 @@ def test_refuses_to_overwrite_an_existing_prediction(tmp_path):
 def test_reading_a_folder_without_prediction_is_a_clear_error(tmp_path):
     with pytest.raises(LesionDetectError, match="not a LesionDetect prediction folder"):
         read_prediction(tmp_path)
+
+
+def test_results_get_the_permissions_of_any_new_file_not_private_ones(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        written = write_prediction(_prediction(), tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written.values()} == {0o644}
