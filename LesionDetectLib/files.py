@@ -31,6 +31,14 @@ def refuse_existing(path: str | os.PathLike) -> Path:
     return path
 
 
+def _as_new(path: Path, mode: int) -> None:
+    """Give a temporary file or folder the permissions a new one gets (mode less the umask):
+    results are shared with other annotators, not private to the writer."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is renamed onto `dest` in one step.
@@ -48,10 +56,7 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp makes the file private (0600); results get the permissions any new file would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        _as_new(tmp_path, 0o666)  # mkstemp made it private (0600)
         if overwrite:
             os.replace(tmp_path, dest)
         else:
@@ -146,6 +151,31 @@ def check_out_dir(path: str | os.PathLike, inputs=(), what: str = "--out") -> Pa
     return path
 
 
+FREE_SPACE_MARGIN = 8 * 2**20  # bytes left free beyond a result's expected size (file-system slack)
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str = "the result") -> None:
+    """Refuse, before anything is written, to write `needed` bytes (plus 10 % and
+    FREE_SPACE_MARGIN) into `folder` on a file system with less room: one error naming the
+    folder, the space needed and the space free.  A file system that cannot say is not refused."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return  # the write itself reports a full disk
+    wanted = int(needed * 1.1) + FREE_SPACE_MARGIN
+    if free < wanted:
+        raise input_error(folder, f"not enough free space for {what}: it needs about {_mib(wanted)}, the file "
+                                  f"system has {_mib(free)} free; nothing was written")
+
+
 def fault_point(name: str) -> None:
     """Test hook: LESIONDETECT_TEST_KILL_AT=<name> kills this process with SIGKILL here (the
     fault tests use it to stop a writer at every step)."""
@@ -189,9 +219,7 @@ def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
             raise input_error(dest, f"holds folders that are not part of a result ({', '.join(folders[:3])}); write "
                                     "the result into a new or empty folder")
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; a result folder is not
+    _as_new(tmp, 0o777)  # mkdtemp made it private (0700)
     try:
         try:
             yield tmp

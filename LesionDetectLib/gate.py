@@ -61,6 +61,7 @@ def check_header(path: str | os.PathLike) -> None:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         check_nifti(path)
+    _check_jpeg_end(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -81,6 +82,34 @@ def check_header(path: str | os.PathLike) -> None:
                                 "or the image is far larger than a detector input (set LESIONDETECT_MAX_IMAGE_GB to "
                                 "raise the limit)")
     _check_stored_bytes(path, declared)
+
+
+def _check_jpeg_end(path: Path) -> None:
+    """A JPEG cut short is read without complaint (libjpeg fills the missing rows with grey):
+    refuse one with no end-of-image marker after the start of its image data (the segments
+    before it, e.g. an EXIF thumbnail with markers of its own, are skipped by their lengths;
+    bytes after the marker, e.g. a vendor trailer, are allowed)."""
+    with open(path, "rb") as f:
+        if f.read(3) != b"\xff\xd8\xff":
+            return
+        f.seek(0)
+        data = f.read(max_image_bytes() + 2**20)
+    pos = 2  # the first marker after SOI
+    while True:
+        if pos + 3 >= len(data) or data[pos] != 0xFF:
+            return  # a damaged or cut header: the reader explains it
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: the image data follows
+            break
+        if marker == 0xFF:
+            pos += 1  # fill byte
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2  # markers without a length
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    if data.find(b"\xff\xd9", pos) < 0:
+        raise input_error(path, "is a truncated JPEG file: its image data stops before the end-of-image marker (the "
+                                "copy or export was cut short). Copy or export it again.")
 
 
 def check_geometry(path, size, spacing, origin, direction) -> None:

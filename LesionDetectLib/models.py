@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LesionDetectError, input_error
-from .files import atomic_path, read_json, write_json
+from .files import atomic_dir, check_free_space, fault_point, read_json, refuse_existing, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -55,20 +55,35 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_model(out_dir: str | os.PathLike, state_dict: dict, card: ModelCard, overwrite: bool = False) -> Path:
-    """Write weights and card into `out_dir` (created); refuses to replace an existing model."""
+def save_model(out_dir: str | os.PathLike, state_dict: dict, card: ModelCard, overwrite: bool = False,
+               drop=()) -> Path:
+    """Write weights and card into `out_dir` (created) as a whole: both go into a temporary
+    sibling folder that is swapped in (`files.atomic_dir`), so a process killed at any moment
+    leaves no model (or the previous complete one), never weights without their card.  Other
+    files in `out_dir` are kept, except those named in `drop` (e.g. the training checkpoint the
+    model makes obsolete: it goes in the same swap).  Refuses to replace an existing
+    model unless overwrite=True, and a file system without room for the weights."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        refuse_existing(out / card.weights_file)
+        refuse_existing(out / CARD_FILE)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with atomic_path(out / card.weights_file, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={"method": card.method, "version": card.version})
-    card.weights_sha256 = sha256_of(out / card.weights_file)
-    if not card.model_id:
-        card.model_id = f"{card.method}-{card.version}-{card.weights_sha256[:8]}"
-    write_json(out / CARD_FILE, asdict(card), overwrite=overwrite)
+    check_free_space(out, weights_bytes(tensors) + 2**20, "the model")
+    with atomic_dir(out, replaced=[card.weights_file, CARD_FILE, *drop]) as tmp:
+        save_file(tensors, str(tmp / card.weights_file), metadata={"method": card.method, "version": card.version})
+        fault_point("model-between-files")
+        card.weights_sha256 = sha256_of(tmp / card.weights_file)
+        if not card.model_id:
+            card.model_id = f"{card.method}-{card.version}-{card.weights_sha256[:8]}"
+        write_json(tmp / CARD_FILE, asdict(card))
     return out
+
+
+def weights_bytes(state_dict: dict) -> int:
+    """Bytes the tensors of `state_dict` take (what their safetensors file needs, headers aside)."""
+    return sum(int(v.numel()) * int(v.element_size()) for v in state_dict.values() if hasattr(v, "element_size"))
 
 
 def read_card(path: str | os.PathLike) -> tuple[Path, ModelCard]:

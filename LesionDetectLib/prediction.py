@@ -29,7 +29,8 @@ import SimpleITK as sitk
 
 from . import __version__, markups
 from .errors import input_error
-from .files import atomic_dir, atomic_path, fault_point, read_json, refuse_existing, write_json, write_text
+from .files import (atomic_dir, atomic_path, check_free_space, fault_point, read_json, refuse_existing, write_json,
+                    write_text)
 from .findings import ClassResult, LesionBox, LesionPoint, positive_probability  # re-exported: the parts
 from .geometry import Geometry
 
@@ -122,9 +123,17 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bo
     if not overwrite:
         for name in [MANIFEST, *FILES.values()]:
             refuse_existing(out / name)
+    check_free_space(out, expected_bytes(pred), "the prediction")
     with atomic_dir(out, replaced=[MANIFEST, *FILES.values()]) as tmp:
         written = _write_parts(pred, tmp)
     return {key: out / path.name for key, path in written.items()}
+
+
+def expected_bytes(pred: Prediction) -> int:
+    """An upper bound of what `write_prediction` writes: the arrays uncompressed, 1 KiB per
+    finding and 64 KiB for the manifest and headers."""
+    arrays = sum(a.nbytes for a in (pred.probability, pred.mask) if a is not None)
+    return int(arrays + 1024 * (len(pred.points) + len(pred.boxes) + 2 * len(pred.classes)) + 64 * 1024)
 
 
 def _write_parts(pred: Prediction, out: Path) -> dict[str, Path]:

@@ -23,8 +23,8 @@ import torch
 
 from .dataset import check_dataset
 from .errors import LesionDetectError, input_error
-from .files import atomic_path, check_out_dir, fault_point, read_json
-from .models import ModelCard, card_problems, save_model
+from .files import atomic_path, check_free_space, check_out_dir, fault_point, read_json
+from .models import ModelCard, card_problems, save_model, weights_bytes
 from .progress import progress, report
 
 CHECKPOINT = "checkpoint.pt"
@@ -174,6 +174,9 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     if (out / "model.json").exists():
         raise input_error(out, "already holds a trained model; choose another --out")
     check_out_dir(out)
+    folders = sorted(e.name for e in out.iterdir() if e.is_dir()) if out.is_dir() else []
+    if folders:  # the model is swapped in as a whole folder (files.atomic_dir), which refuses these
+        raise input_error(out, f"holds folders ({', '.join(folders[:3])}); write the model into a new or empty folder")
     if out.resolve() in (Path(data).resolve(), Path(data).resolve().parent if Path(data).is_file() else None):
         raise input_error(out, "is the dataset folder itself; write the model into a folder of its own")
     config = training_config(method, config_path, overrides)
@@ -185,6 +188,8 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     seed_everything(seed)
     dev = select_device(device)
     model = method.build_model(config, pretrained=bool(config["pretrained"] or config["weights"])).to(dev)
+    # room for the model and a checkpoint (weights + optimizer state) before any training
+    check_free_space(out, 3 * weights_bytes(model.state_dict()) + 2**20, "the model and its checkpoints")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -267,8 +272,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
                   "val_samples": len(val_set) if val_set is not None else 0, "history": history,
                   "seconds": round(time.perf_counter() - t0, 1), "device": str(dev)},
     )
-    save_model(out, model.state_dict(), card)
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    save_model(out, model.state_dict(), card, drop=[CHECKPOINT])  # weights, card and no checkpoint: one swap
     return out
 
 

@@ -20,13 +20,15 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from fuzz_planar import planar_entries
+
 FLAIR_METHOD = "ms-flair-fcn"  # the method with a shipped model: infer runs it without training
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # image, dicom, dataset, card, path
+    kind: str  # image, dicom, dataset, card, path, planar
     expect: str  # "refuse" or "any"
     build: Callable[[Path], list[list[str]]]
 
@@ -467,4 +469,5 @@ def corpus() -> list[Entry]:
     for case in ("out-is-file", "out-under-file", "out-in-input", "missing-input", "threshold=nan",
                  "threshold=2", "threshold=-0.1"):
         e.append(Entry(f"path-{case}", "path", "refuse", _path(case)))
+    e += planar_entries(Entry)  # bone scans: colour, blank, truncated, volumes, NaN, damaged DICOM NM
     return e

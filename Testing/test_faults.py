@@ -223,3 +223,127 @@ def test_sigkill_after_a_checkpoint_leaves_a_whole_one_that_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     history = json.loads((out / "model.json").read_text())["training"]["history"]
     assert [h["epoch"] for h in history] == [1, 2] and not (out / "checkpoint.pt").exists()
+
+
+# --- models: weights and card are written as a whole -------------------------------------------------
+
+_SAVE = """
+import sys, torch
+from LesionDetectLib.models import ModelCard, save_model
+seed = int(sys.argv[2])
+torch.manual_seed(seed)
+save_model(sys.argv[1], torch.nn.Linear(64, 32).state_dict(),
+           ModelCard(method="toy", modality="CT", config={"seed": seed}), overwrite=True)
+"""
+
+
+def _save_child(out, seed, kill_at=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("LESIONDETECT_TEST_KILL_AT", None)
+    if kill_at:
+        env["LESIONDETECT_TEST_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-c", _SAVE, str(out), str(seed)], env=env, capture_output=True,
+                          timeout=300).returncode
+
+
+def _model_seed(out):
+    """The seed of the one complete model in `out` (its sha256 checked), or None when there is none."""
+    from LesionDetectLib.models import load_model
+
+    names = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if not names:
+        return None
+    assert names == ["model.json", "model.safetensors"], names  # never weights without a card, nor leftovers
+    state, card, _ = load_model(out, method="toy")  # raises if the card's sha256 does not match the weights
+    torch.manual_seed(card.config["seed"])
+    assert torch.equal(state["weight"], torch.nn.Linear(64, 32).weight.detach())
+    return card.config["seed"]
+
+
+def test_sigkill_while_saving_a_model_leaves_none_or_a_whole_one(tmp_path):
+    out = tmp_path / "m"
+    assert _save_child(out, 1, kill_at="model-between-files") == -9
+    assert _model_seed(out) is None  # killed before the swap: no model at all
+    assert _save_child(out, 1) == 0 and _model_seed(out) == 1
+    seen = []
+    for point in ("model-between-files", "before-swap", "after-swap"):
+        assert _save_child(out, 2 + len(seen), kill_at=point) == -9, point
+        seen.append(_model_seed(out))
+    assert seen == [1, 1, 4]  # the previous model until the swap, the new one after it
+    assert _save_child(out, 5) == 0 and _model_seed(out) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # the killed runs' temporary folders are gone
+
+
+@pytest.mark.slow
+def test_sigkill_while_training_writes_the_model(tmp_path):
+    ds = _flair_dataset(tmp_path)
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "LESIONDETECT_TEST_KILL_AT": "model-between-files"}
+    cmd = [sys.executable, "-m", "LesionDetectLib", *_train_args(ds, out, "--epochs", "1")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no weights without a card
+    env["LESIONDETECT_TEST_KILL_AT"] = "after-swap"
+    proc = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]  # checkpoint gone with it
+    from LesionDetectLib.models import load_model
+
+    assert load_model(out, method="ms-flair-fcn")[1].training["history"][0]["epoch"] == 1
+
+
+# --- free space -------------------------------------------------------------------------------------------
+
+def _disk_with(monkeypatch, free):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - free, free))
+
+
+def test_a_prediction_needs_room_before_anything_is_written(tmp_path, monkeypatch):
+    pred = _prediction(points=1, probability=True, tag="new")
+    _disk_with(monkeypatch, 2**20)
+    with pytest.raises(LesionDetectError) as info:
+        write_prediction(pred, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'out'}: not enough free space for the prediction: it needs about ")
+    assert "MiB, the file system has 1.0 MiB free; nothing was written" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+    _disk_with(monkeypatch, 2**30)
+    write_prediction(pred, tmp_path / "out")
+    assert read_prediction(tmp_path / "out").provenance.input == "new"
+
+
+def test_a_model_needs_room_for_its_weights(tmp_path, monkeypatch):
+    from LesionDetectLib.models import ModelCard, save_model
+
+    net = torch.nn.Linear(1024, 2048)  # 8 MiB of weights
+    _disk_with(monkeypatch, 12 * 2**20)  # room for the margin alone, not for the weights
+    with pytest.raises(LesionDetectError, match=r"/m: not enough free space for the model: it needs about 17\.\d MiB, "
+                                                r"the file system has 12\.0 MiB free; nothing was written"):
+        save_model(tmp_path / "m", net.state_dict(), ModelCard(method="toy", modality="CT", config={}))
+    assert list(tmp_path.iterdir()) == []
+    _disk_with(monkeypatch, 64 * 2**20)
+    save_model(tmp_path / "m", net.state_dict(), ModelCard(method="toy", modality="CT", config={}))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_training_needs_room_before_it_starts(tmp_path, run_cli, monkeypatch, capsys):
+    ds = _flair_dataset(tmp_path)
+    capsys.readouterr()
+    _disk_with(monkeypatch, 2**20)
+    code, out, err = run_cli(*_train_args(ds, tmp_path / "m", "--epochs", "1"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"lesiondetect: error: {tmp_path / 'm'}: not enough free space for the model and its "
+                          "checkpoints: it needs about ")
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_training_into_a_folder_with_subfolders_is_refused_before_any_work(tmp_path, run_cli):
+    (tmp_path / "m" / "mine").mkdir(parents=True)  # the model's swap could not keep it: refused up front
+    code, out, err = run_cli(*_train_args(tmp_path / "no-dataset", tmp_path / "m", "--epochs", "1"))
+    assert code == 2 and err == f"lesiondetect: error: {tmp_path / 'm'}: holds folders (mine); write the model into a " \
+                                 "new or empty folder\n"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["mine"]

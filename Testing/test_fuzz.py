@@ -4,7 +4,8 @@ A run passes when no exception escapes `LesionDetectLib.cli.main` (only its own
 `lesiondetect: error:` line or argparse's usage error), nothing prints a traceback, no run
 takes longer than RUN_LIMIT_S, and an input of a refused kind ends with a non-zero exit
 status, a message that names the file (or the option) at fault, and no result written.
-The default suite runs a sample (every SAMPLE_STEP-th entry); `pytest -m slow` all of them.
+The default suite runs a sample (every SAMPLE_STEP-th entry) and every planar (bone-scan) entry,
+a few seconds together; `pytest -m slow` all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from LesionDetectLib.models import shipped_model_dir
 RUN_LIMIT_S = 60
 SAMPLE_STEP = 41
 CORPUS = corpus()
-needs_model = pytest.mark.skipif(shipped_model_dir("ms-flair-fcn") is None, reason="no shipped ms-flair-fcn model")
+PLANAR = [e for e in CORPUS if e.kind == "planar"]
+needs_model = pytest.mark.skipif(any(shipped_model_dir(m) is None for m in ("ms-flair-fcn", "bone-scan-cls")),
+                                 reason="no shipped ms-flair-fcn or bone-scan-cls model")
 
 
 class _Hang(Exception):
@@ -60,6 +63,8 @@ def run_entry(entry, folder, capsys) -> None:
         assert first.startswith(("lesiondetect: error:", "usage:")) or "error:" in err, where
         if first.startswith("lesiondetect: error:"):
             assert str(folder) in first or "--threshold" in first, f"the message names no file: {where}"
+        if entry.kind == "planar":  # one line naming the input file itself
+            assert err.count("\n") == 1 and first.startswith(f"lesiondetect: error: {folder}/"), where
         assert not (folder / "out" / "prediction.json").exists(), where
         if entry.kind == "dataset":
             assert not (folder / "model" / "model.json").exists(), where
@@ -68,6 +73,12 @@ def run_entry(entry, folder, capsys) -> None:
 @needs_model
 @pytest.mark.parametrize("entry", CORPUS[::SAMPLE_STEP], ids=lambda e: e.name)
 def test_fuzz_sample(entry, tmp_path, capsys):
+    run_entry(entry, tmp_path, capsys)
+
+
+@needs_model
+@pytest.mark.parametrize("entry", PLANAR, ids=lambda e: e.name)
+def test_fuzz_planar(entry, tmp_path, capsys):
     run_entry(entry, tmp_path, capsys)
 
 
@@ -83,4 +94,5 @@ def test_corpus_is_large_and_deterministic():
     assert len(names) >= 500 and len(set(names)) == len(names)
     assert [e.name for e in corpus()] == names
     assert sum(e.expect == "refuse" for e in CORPUS) >= 350
-    assert {e.kind for e in CORPUS} == {"image", "dicom", "dataset", "card", "path"}
+    assert {e.kind for e in CORPUS} == {"image", "dicom", "dataset", "card", "path", "planar"}
+    assert len(PLANAR) >= 15 and all(e.expect == "refuse" for e in PLANAR)

@@ -185,3 +185,16 @@ def test_image_info_is_simpleitks_view(tmp_path):
     assert info["pixel_type"] == "32-bit float" and info["components"] == 1
     arr = sitk.GetArrayFromImage(img)
     assert info["value_range"] == [float(arr.min()), float(arr.max())]
+
+
+def test_a_jpeg_cut_short_is_refused_and_one_with_a_trailer_is_read(tmp_path):
+    arr = (np.arange(64 * 32, dtype=np.uint32).reshape(64, 32) % 251).astype(np.uint8)
+    path = tmp_path / "scan.jpg"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    data = path.read_bytes()
+    assert data.endswith(b"\xff\xd9")
+    path.write_bytes(data + b"vendor trailer \xff\xda after the image")  # bytes after the end-of-image marker
+    assert read_image(path).GetSize() == (32, 64)
+    path.write_bytes(data[:int(len(data) * 0.9)])  # libjpeg alone would fill the missing rows with grey
+    with pytest.raises(LesionDetectError, match=r"scan\.jpg: is a truncated JPEG file: its image data stops before"):
+        read_image(path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a trained model on a dataset",

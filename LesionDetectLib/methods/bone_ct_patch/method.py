@@ -21,7 +21,7 @@ import torch
 
 from ... import markups
 from ...dataset import Dataset, cases_for, read_mask, split_cases
-from ...errors import LesionDetectError, input_error
+from ...errors import input_error
 from ...geometry import Geometry
 from ...models import ModelCard
 from ...prediction import Prediction, Provenance
