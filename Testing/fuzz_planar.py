@@ -85,22 +85,14 @@ def _four_d(folder: Path):
 
 def _dicom_nm(damage: str):
     def build(folder: Path):
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage
+        from pydicom.uid import NuclearMedicineImageStorage
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
-        meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = NuclearMedicineImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "NM", "TEST"
+        from io_helpers import dicom_dataset
+
+        ds = dicom_dataset(NuclearMedicineImageStorage, "NM", "TEST", instance_uid="1.2.826.0.1.3680043.8.498.1")
         ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
         ds.Rows, ds.Columns, ds.NumberOfFrames = (0 if damage == "zero-rows" else 64), 32, 1
         ds.PixelSpacing = [2.4, 2.4]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         pixels = scan_array().astype(np.uint16).tobytes()
         ds.PixelData = pixels[:len(pixels) // 3] if damage == "short-pixels" else pixels
         path = folder / "scan.dcm"

@@ -11,14 +11,15 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA
+from io_helpers import dicom_dataset
 from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.planar import as_volume, is_planar_file, read_views
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, RLELossless, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.uid import NuclearMedicineImageStorage, RLELossless, generate_uid  # noqa: E402
 
 ANTERIOR = ("399321004", "SCT", "Anterior projection")
 POSTERIOR = ("399001007", "SCT", "Posterior projection")
@@ -46,20 +47,11 @@ def nm_file(path, frames, views=(), spacing=(2.5, 3.0), slope=None, intercept=No
             orientations=(), detector_vector=None, modality="NM", rows=None, syntax=None):
     """An NM file written with pydicom: frames (n, rows, cols) uint16; one detector per frame."""
     frames = np.asarray(frames, dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = NuclearMedicineImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = modality, "PLANAR"
+    ds = dicom_dataset(NuclearMedicineImageStorage, modality, "PLANAR")
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.ImageType = ["ORIGINAL", "PRIMARY", image_type, "EMISSION"]
     n, r, c = frames.shape
     ds.NumberOfFrames, ds.Rows, ds.Columns = n, r if rows is None else rows, c
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     if spacing is not None:
         ds.PixelSpacing = list(spacing)
     if slope is not None:
