@@ -76,6 +76,7 @@ class ClassResult:
     scope: str = "image"
     index: int | None = None
     decision: str | None = None  # the class chosen at the model's threshold, when not simply the likeliest
+    z_mm: float | None = None  # where a slice or vertebra result sits along the patient's z axis (LPS mm)
 
     @property
     def label(self) -> str:

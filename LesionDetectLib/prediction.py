@@ -204,11 +204,13 @@ def read_prediction(out_dir: str | os.PathLike) -> Prediction:
 
 
 def _classes_csv(classes: list[ClassResult]) -> str:
-    names = sorted({k for c in classes for k in c.probabilities})
+    names = list(dict.fromkeys(k for c in classes for k in c.probabilities))
+    with_z = any(c.z_mm is not None for c in classes)
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["scope", "index", "label", *names])
+    w.writerow(["scope", "index", *(["z_mm"] if with_z else []), "label", *names])
     for c in classes:
-        w.writerow([c.scope, "" if c.index is None else c.index, c.label,
+        z = ["" if c.z_mm is None else f"{c.z_mm:g}"] if with_z else []
+        w.writerow([c.scope, "" if c.index is None else c.index, *z, c.label,
                     *(f"{c.probabilities.get(n, float('nan')):.6g}" for n in names)])
     return buf.getvalue()

@@ -52,6 +52,16 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # > 0: after `epochs`, add the method's hard_examples (mined with the model so far) to the
     # training set and train this many epochs more (the lr schedule spans all epochs)
     "hard_example_epochs": 0,
+    # cross-entropy label smoothing (Szegedy et al. 2016): methods whose losses are
+    # cross-entropies pass it to them (0 = one-hot targets)
+    "label_smoothing": 0.0,
+    # self-paced learning (Kumar et al. 2010): a sample enters an epoch's loss only when its
+    # loss is below lambda.  > 0 turns it on: lambda starts at the quantile `self_paced_start`
+    # of the previous epoch's per-sample losses (the first epoch uses every sample) and grows
+    # linearly to take every sample after `self_paced_epochs` epochs.  Needs a method whose
+    # batch_loss returns one loss per sample.
+    "self_paced_start": 0.0,
+    "self_paced_epochs": 10,
 }
 
 
@@ -164,6 +174,34 @@ def lr_factor(config: dict, step: int, total_steps: int, steps_per_epoch: int) -
     raise LesionDetectError(f"unknown lr_schedule '{schedule}'; use cosine or warmup_cosine")
 
 
+def self_paced_lambda(config: dict, epoch: int, previous_losses: list[float]) -> float:
+    """The self-paced threshold lambda for `epoch` (0-based): infinity (every sample) when
+    self-paced learning is off, in the first epoch and once the pace reaches all samples; else
+    the quantile start + (1 - start) * epoch / self_paced_epochs of the previous epoch's
+    per-sample losses, so easy samples come first and harder ones enter as lambda grows."""
+    start = float(_setting(config, "self_paced_start"))
+    if start <= 0 or epoch == 0 or not previous_losses:
+        return math.inf
+    fraction = start + (1.0 - start) * epoch / max(1, int(_setting(config, "self_paced_epochs")))
+    return math.inf if fraction >= 1.0 else float(np.quantile(previous_losses, fraction))
+
+
+def reduce_loss(loss: torch.Tensor, lam: float, self_paced: bool) -> tuple[torch.Tensor, list[float]]:
+    """(the loss to minimise, the per-sample losses seen) of what `batch_loss` returned: a
+    scalar as it is; one loss per sample as the mean over the samples under `lam` (SPL's
+    v_i = [L_i < lambda]); an all-hard batch contributes zero."""
+    if loss.dim() == 0:
+        if self_paced:
+            raise LesionDetectError("self-paced learning needs one loss per sample, and this method's batch_loss "
+                                    "returns one per batch; set self_paced_start 0")
+        return loss, []
+    per_sample = loss.detach().float().cpu().tolist()
+    if math.isinf(lam):
+        return loss.mean(), per_sample
+    keep = (loss.detach() < lam).to(loss.dtype)
+    return (loss * keep).sum() / keep.sum().clamp(min=1.0), per_sample
+
+
 def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, config_path=None,
           overrides: dict | None = None, device: str = "auto", resume: bool = False) -> Path:
     """Train a method on a dataset folder and write the model to `out`; returns `out`."""
@@ -229,11 +267,14 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
             history = [h for h in history if "hard_examples" not in h]
             history.append({"epoch": epoch, "hard_examples": len(hard)})
         model.train()
-        losses = []
+        losses, sample_losses = [], []
+        lam = self_paced_lambda(config, epoch, history[-1].get("sample_losses", []) if history else [])
         for batch in progress(loader, desc=f"epoch {epoch + 1}/{epochs + hard_epochs}", unit="batch"):
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(config, step, total_steps, steps_per_epoch)
-            loss = method.batch_loss(model, batch, dev)
+            loss, seen = reduce_loss(method.batch_loss(model, batch, dev), lam,
+                                     float(config["self_paced_start"]) > 0)
+            sample_losses += seen
             if not torch.isfinite(loss):
                 raise LesionDetectError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                         "lower the learning rate in the config")
@@ -243,8 +284,17 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
             step += 1
             losses.append(float(loss.detach()))
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+        if float(config["self_paced_start"]) > 0:
+            entry["self_paced_lambda"] = None if math.isinf(lam) else round(lam, 6)
+            entry["self_paced_used"] = round(float(np.mean(np.asarray(sample_losses) < lam)), 4) \
+                if sample_losses else None
+            # the next epoch's lambda comes from these (kept in the checkpoint, so a resumed run
+            # goes on at the same pace; dropped from the card's history below)
+            entry["sample_losses"] = [round(v, 5) for v in sample_losses]
         if val_set is not None and len(val_set):
             entry["val_loss"] = validation_loss(method, model, val_set, config, dev)
+        for earlier in history:  # only the last epoch's per-sample losses are needed
+            earlier.pop("sample_losses", None)
         history.append(entry)
         report((epoch + 1) / (epochs + hard_epochs), f"epoch {epoch + 1}/{epochs + hard_epochs} "
                                                      f"loss {entry['train_loss']:.4f}")
@@ -264,6 +314,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
                 history[-1]["epochs_cut_to"] = fit
         epoch += 1
     model.eval()
+    history = [{k: v for k, v in h.items() if k != "sample_losses"} for h in history]
     thresholds = method.calibrate(model, dataset, config, dev)
     card = ModelCard(
         method=method.name, modality=method.modality, config=config, thresholds=thresholds,
@@ -299,7 +350,7 @@ def validation_loss(method, model, samples, config, device) -> float:
     for m in model.modules():  # ...but dropout and batch-norm statistics must not move
         if isinstance(m, (torch.nn.Dropout, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.eval()
-    losses = [float(method.batch_loss(model, batch, device)) for batch in loader]
+    losses = [float(method.batch_loss(model, batch, device).mean()) for batch in loader]
     model.train(was_training)
     return float(np.mean(losses)) if losses else float("nan")
 

@@ -46,7 +46,9 @@ def test_experiment_config_passes_the_check_and_merges_as_before(path):
 def test_trainer_defaults_are_the_values_the_trainer_used_to_fall_back_to():
     before = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "lr_schedule": None,
               "warmup_epochs": 0, "epochs": 1, "batch_size": 32, "seed": 0, "pretrained": False, "weights": None,
-              "time_limit_minutes": 0, "hard_example_epochs": 0}
+              "time_limit_minutes": 0, "hard_example_epochs": 0,
+              # added with spine-mtl; their defaults switch them off, so older configs train as before
+              "label_smoothing": 0.0, "self_paced_start": 0.0, "self_paced_epochs": 10}
     assert TRAINER_DEFAULTS == before
     opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], {})
     assert isinstance(opt, torch.optim.SGD)

@@ -284,17 +284,23 @@ def fiducials_to_points(node) -> list[LesionPoint]:
 # --- class results --------------------------------------------------------------------------
 
 def add_class_table(scene, classes: list[ClassResult], name: str = "Lesion classes"):
-    """A table node: one row per class result (scope, index, label, one column per class)."""
+    """A table node: one row per class result (scope, index, z_mm when results have one, label,
+    one column per class in the order the results name them)."""
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     table.SetAttribute(ROLE_ATTRIBUTE, "classes")
-    class_names = sorted({k for c in classes for k in c.probabilities})
-    columns = {"scope": vtk.vtkStringArray(), "index": vtk.vtkStringArray(), "label": vtk.vtkStringArray()}
+    class_names = list(dict.fromkeys(k for c in classes for k in c.probabilities))
+    columns = {"scope": vtk.vtkStringArray(), "index": vtk.vtkStringArray()}
+    if any(c.z_mm is not None for c in classes):
+        columns["z_mm"] = vtk.vtkStringArray()
+    columns["label"] = vtk.vtkStringArray()
     columns.update({k: vtk.vtkDoubleArray() for k in class_names})
     for column_name, column in columns.items():
         column.SetName(column_name)
     for c in classes:
         columns["scope"].InsertNextValue(c.scope)
         columns["index"].InsertNextValue("" if c.index is None else str(c.index))
+        if "z_mm" in columns:
+            columns["z_mm"].InsertNextValue("" if c.z_mm is None else f"{c.z_mm:g}")
         columns["label"].InsertNextValue(c.label)
         for k in class_names:
             columns[k].InsertNextValue(c.probabilities.get(k, float("nan")))
@@ -307,14 +313,16 @@ def table_to_classes(table) -> list[ClassResult]:
     """The inverse of `add_class_table`."""
     vtable = table.GetTable()
     names = [vtable.GetColumnName(c) for c in range(vtable.GetNumberOfColumns())]
-    class_names = [n for n in names if n not in ("scope", "index", "label")]
+    class_names = [n for n in names if n not in ("scope", "index", "z_mm", "label")]
     results = []
     for r in range(vtable.GetNumberOfRows()):
         index = vtable.GetValueByName(r, "index").ToString()
+        z_mm = vtable.GetValueByName(r, "z_mm").ToString() if "z_mm" in names else ""
         probabilities = {k: v for k in class_names if not np.isnan(v := vtable.GetValueByName(r, k).ToDouble())}
         label = vtable.GetValueByName(r, "label").ToString()
         likeliest = max(probabilities, key=probabilities.get) if probabilities else ""
         results.append(ClassResult(probabilities, scope=vtable.GetValueByName(r, "scope").ToString(),
                                    index=int(index) if index else None,
-                                   decision=label if label and label != likeliest else None))
+                                   decision=label if label and label != likeliest else None,
+                                   z_mm=float(z_mm) if z_mm else None))
     return results
