@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,10 +88,13 @@ def _structure_problems(doc: Any) -> list[str]:
     for key in ("name", "modality", "labels", "cases"):
         if key not in doc:
             problems.append(f'missing top-level key "{key}"')
+    if "name" in doc and not isinstance(doc["name"], str):
+        problems.append(f'"name" must be a text, not {_short(doc["name"])}')
     if "modality" in doc and doc["modality"] not in MODALITIES:
         problems.append(f'"modality" is {doc["modality"]!r}; expected one of {", ".join(MODALITIES)}')
-    if "labels" in doc and (not isinstance(doc["labels"], dict) or _label_values(doc["labels"]) is None):
-        problems.append('"labels" must be an object whose keys are label numbers, like '
+    if "labels" in doc and (not isinstance(doc["labels"], dict) or _label_values(doc["labels"]) is None
+                            or not all(isinstance(v, str) for v in doc["labels"].values())):
+        problems.append('"labels" must be an object whose keys are label numbers and whose values are names, like '
                         '{"0": "background", "1": "lesion"}')
     cases = doc.get("cases", [])
     if not isinstance(cases, list):
@@ -179,11 +183,18 @@ def _patients_in_two_splits(cases: list[dict]) -> list[str]:
             for patient, by_split in splits.items() if len(by_split) > 1]
 
 
+_LABEL_KEY = re.compile(r"^[0-9]+$")  # as Resources/schemas/dataset.schema.json says
+
+
 def _label_values(labels: dict) -> set[int] | None:
-    try:
-        return {int(k) for k in labels}
-    except (TypeError, ValueError):
+    if not all(isinstance(k, str) and _LABEL_KEY.match(k) for k in labels):
         return None
+    return {int(k) for k in labels}
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _case_file_problems(root: Path, entry: dict, modality: str | None, label_values: set[int] | None,

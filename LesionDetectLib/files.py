@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import input_error
+from .errors import LesionDetectError, input_error
 
 
 def refuse_existing(path: str | os.PathLike) -> Path:
@@ -55,7 +55,11 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:  # e.g. a full disk: one error naming the file, the partial one removed
+            reason = full_disk_reason(dest.parent) or exc.strerror or exc
+            raise input_error(dest, f"cannot be written ({reason}); nothing was written there") from None
         _as_new(tmp_path, 0o666)  # mkstemp made it private (0600)
         if overwrite:
             os.replace(tmp_path, dest)
@@ -176,6 +180,23 @@ def check_free_space(folder: str | os.PathLike, needed: int, what: str = "the re
                                   f"system has {_mib(free)} free; nothing was written")
 
 
+DISK_FULL_BYTES = 2**20  # a write that fails with less than this free failed for want of space
+
+
+def full_disk_reason(folder: str | os.PathLike) -> str | None:
+    """Called after a write failed: "no space left on the device (N KiB free)" when the file
+    system of `folder` has less than DISK_FULL_BYTES free for this user, else None.  Writers
+    whose libraries report a full disk in their own words (ITK, safetensors) use it to say so."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return None
+    return f"no space left on the device ({free / 1024:.0f} KiB free)" if free < DISK_FULL_BYTES else None
+
+
 def fault_point(name: str) -> None:
     """Test hook: LESIONDETECT_TEST_KILL_AT=<name> kills this process with SIGKILL here (the
     fault tests use it to stop a writer at every step)."""
@@ -224,7 +245,17 @@ def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
         try:
             yield tmp
         except OSError as exc:  # e.g. a full disk: the earlier folder is untouched, the partial one removed
-            raise input_error(dest, f"cannot be written ({exc.strerror or exc}); nothing was changed") from None
+            reason = full_disk_reason(tmp) or exc.strerror or exc
+            raise input_error(dest, f"cannot be written ({reason}); nothing was changed") from None
+        except Exception as exc:  # noqa: BLE001 - a library's own error type for a full disk (safetensors, ITK)
+            reason = full_disk_reason(tmp)  # measured while the partial files still take their room
+            text = str(exc)
+            if reason is None and isinstance(exc, LesionDetectError) and text.startswith(str(tmp)) \
+                    and ": cannot be written (" in text:  # atomic_path's error for a file of the temporary folder
+                reason = text.split(": cannot be written (", 1)[1].rsplit("); nothing was written there", 1)[0]
+            if reason is None:
+                raise
+            raise input_error(dest, f"cannot be written ({reason}); nothing was changed") from None
         if dest.is_dir():
             for entry in dest.iterdir():
                 if entry.name not in replaced and not (tmp / entry.name).exists():

@@ -10,12 +10,17 @@
    voxels and NaN/Inf float voxels are refused there.
 2. From the voxels (`check_values`): scalar (one component, not complex), the dimension a
    method needs, finite values (all-NaN/Inf and some NaN refused, the latter with the count).
+   The one documented exception: `lesiondetect infer --nan-fill VALUE` reads the image under
+   `allow_nan_fill(VALUE)`, and `fill_nan` (nanfill.py) replaces its NaN voxels (at most
+   NAN_FILL_MAX_FRACTION, 1 %, of them; infinite values are still refused) by VALUE or by the
+   image's minimum ("min"); the prediction's provenance records value, rule and count.
 3. The method's modality (`modality_problem`): CT methods want Hounsfield units (values within
    CT_RANGE, a range of at least 100, and no background at 0 without negative values, which
    is an MR magnitude image or a CT without its rescale), MR (FLAIR) methods a magnitude
    image (no air at -1000), and a DICOM Modality tag must not contradict the method.
    `Method.check_input` runs 2 and 3; `--force` overrides only 3, and the prediction's
    provenance records it.
+DICOM series are checked slice by slice by dicom_series.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import math
 import os
 import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import check_dicom_series, check_dicom_strays  # noqa: F401  (the gate's API, used by io)
 from .errors import input_error
+from .nanfill import (_NAN_FILL, _NAN_FILL_HINT, NAN_FILL_MAX_FRACTION, allow_nan_fill, fill_nan,  # noqa: F401
+                      nan_fill_record, nan_fill_value)
 
 MAX_IMAGE_GB = 8.0  # default limit on the voxel data an image may declare
 MIN_SPACING_MM = 1e-3  # one micrometre: below this a header's spacing is garbage (e.g. pixdim 1e-9)
@@ -54,13 +63,17 @@ def max_image_bytes() -> int:
 
 # --- 1. the header ---------------------------------------------------------------------------
 
-def check_header(path: str | os.PathLike) -> None:
+def check_header(path: str | os.PathLike):
     """Refuse an image file whose header alone shows it cannot be a valid image (see module
-    docstring).  Files ITK cannot parse at all are left to the reader, which explains them."""
+    docstring).  Files ITK cannot parse at all are left to the reader, which explains them.
+    Returns None, or (NIfTI) `verify(image)`, to be called with the image ITK then reads from
+    the file: it checks what needs the voxels (`check_nifti`) and returns the flat indices of
+    NaN voxels under `allow_nan_fill` (ITK reads them as 0, so `fill_nan` needs them), else None."""
     path = Path(path)
     name = path.name.lower()
+    verify = None
     if name.endswith((".nii", ".nii.gz")):
-        check_nifti(path)
+        verify = check_nifti(path)
     _check_jpeg_end(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -69,7 +82,7 @@ def check_header(path: str | os.PathLike) -> None:
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        return  # the reader names the problem
+        return verify  # the reader names the problem
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(was_on)
     size, components = reader.GetSize(), reader.GetNumberOfComponents()
@@ -82,6 +95,7 @@ def check_header(path: str | os.PathLike) -> None:
                                 "or the image is far larger than a detector input (set LESIONDETECT_MAX_IMAGE_GB to "
                                 "raise the limit)")
     _check_stored_bytes(path, declared)
+    return verify
 
 
 def _check_jpeg_end(path: Path) -> None:
@@ -217,42 +231,143 @@ def _nifti_header(header: bytes):
     return None
 
 
-def check_nifti(path: Path) -> None:
-    """Header fields ITK would silently "repair", completeness, and NaN/Inf float voxels."""
+_NIFTI_DTYPE = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8,
+                512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64}
+
+
+def check_nifti(path: Path):
+    """Header fields ITK would silently "repair", completeness, and NaN/Inf float voxels.
+
+    The header is checked here; what needs the voxels is left to a `verify(image)` returned
+    for the image ITK reads from the file, so that the voxel data is not decompressed twice:
+    for a gzip file whose trailer gives the expected size, verify computes the CRC-32 of the
+    header and ITK's voxels and compares it with the file's (it matches only when the data is
+    complete and intact and ITK changed no value: ITK reads NaN and Inf as 0, which breaks the
+    match).  Only when it does not match (or cannot be computed: scaled, big-endian or vector
+    data) is the file decompressed and scanned again (`_scan_nifti`) to say exactly what is
+    wrong.  Uncompressed files are checked by size and their float voxels scanned through a
+    memory map.  Returns `verify`, or None when nothing is left to check.  Under
+    `allow_nan_fill` NaN voxels are not refused: verify returns their flat indices (infinite
+    ones are refused all the same)."""
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"  # gzip magic; the extension alone can lie
     try:
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
             header = f.read(540)
-            parsed = _nifti_header(header)
-            if parsed is None:
-                raise input_error(path, "is not a readable NIfTI file: its header size field is neither 348 nor "
-                                        "540 in either byte order, so it is damaged or not NIfTI. Export it again.")
-            endian, version, dims, datatype, bitpix, pixdim, vox_offset, fields = parsed
-            _check_nifti_fields(path, version, dims, datatype, bitpix, pixdim, fields)
-            if fields["magic"][1:2] == b"i":  # "ni1"/"ni2": a header whose voxels live in a separate .img
-                return
-            voxels = math.prod(int(d) for d in dims[1:dims[0] + 1])
-            expected = vox_offset + voxels * bitpix // 8
-            if voxels * bitpix // 8 > max_image_bytes():
-                return  # check_header's size limit says so, without reading anything
-            have, bad = len(header), 0
-            dtype = _NIFTI_FLOAT.get(datatype)
-            if dtype is not None or compressed:
-                f.seek(0)
-                data = f.read(vox_offset) if dtype is not None else b""
-                have = len(data)
-                tail = b""
+    except EOFError:
+        header = b""  # shorter than a header: said below
+    except (gzip.BadGzipFile, zlib.error, OSError):
+        raise input_error(path, "is damaged: its compressed data is corrupt. Copy or export it again.") from None
+    parsed = _nifti_header(header)
+    if parsed is None:
+        raise input_error(path, "is not a readable NIfTI file: its header size field is neither 348 nor "
+                                "540 in either byte order, so it is damaged or not NIfTI. Export it again.")
+    endian, version, dims, datatype, bitpix, pixdim, vox_offset, fields = parsed
+    _check_nifti_fields(path, version, dims, datatype, bitpix, pixdim, fields)
+    if fields["magic"][1:2] == b"i":  # "ni1"/"ni2": a header whose voxels live in a separate .img
+        return None
+    voxels = math.prod(int(d) for d in dims[1:dims[0] + 1])
+    data_bytes = voxels * bitpix // 8
+    if data_bytes > max_image_bytes():
+        return None  # check_header's size limit says so, without reading anything
+    layout = (endian, datatype, vox_offset, voxels, vox_offset + data_bytes)
+    if not compressed:
+        nan_at = _scan_nifti(path, False, layout)
+        return (lambda image: nan_at) if nan_at is not None else None
+    with open(path, "rb") as raw:
+        raw.seek(-8, os.SEEK_END)
+        crc, isize = struct.unpack("<II", raw.read(8))
+    if isize != layout[4] % 2**32:  # the gzip trailer does not give the size the header promises
+        nan_at = _scan_nifti(path, True, layout)  # says why (truncated, ...), or finds all well
+        return (lambda image: nan_at) if nan_at is not None else None
+
+    def verify(image: sitk.Image) -> np.ndarray | None:
+        if _same_crc(path, image, layout, crc):
+            return None
+        return _scan_nifti(path, True, layout)
+
+    return verify
+
+
+def nifti_complete(path: Path) -> bool:
+    """Whether a NIfTI file just written holds all the voxel bytes its header promises: the
+    file size, or for gzip the size in its trailer.  (ITK's NIfTI writer only prints "NWAD:
+    wrote only 0 of N bytes" when the disk is full, and leaves a truncated file.)"""
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            parsed = _nifti_header(f.read(540))
+        if parsed is None:
+            return False
+        _, _, dims, _, bitpix, _, vox_offset, fields = parsed
+        if fields["magic"][1:2] == b"i":
+            return True
+        expected = vox_offset + math.prod(int(d) for d in dims[1:dims[0] + 1]) * bitpix // 8
+        if not compressed:
+            return path.stat().st_size >= expected
+        with open(path, "rb") as raw:
+            raw.seek(-8, os.SEEK_END)
+            return struct.unpack("<I", raw.read(8)[4:])[0] == expected % 2**32
+    except (OSError, EOFError, zlib.error, struct.error):
+        return False
+
+
+def _same_crc(path: Path, image: sitk.Image, layout, crc: int) -> bool:
+    """Whether the header bytes and ITK's voxels, as stored, have the gzip trailer's CRC-32."""
+    endian, datatype, vox_offset, voxels, _ = layout
+    dtype = _NIFTI_DTYPE.get(datatype)
+    if dtype is None or (endian == ">") != (sys.byteorder == "big") or image.GetNumberOfComponentsPerPixel() != 1:
+        return False
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype != np.dtype(dtype) or values.size != voxels or not values.flags.c_contiguous:
+        return False  # ITK scaled or converted the values: compare them the slow way
+    with gzip.open(path, "rb") as f:
+        prefix = f.read(vox_offset)
+    return zlib.crc32(memoryview(values).cast("B"), zlib.crc32(prefix)) == crc
+
+
+def _scan_nifti(path: Path, compressed: bool, layout) -> np.ndarray | None:
+    """Read the whole file: refuse it if it is truncated, its compressed data corrupt, or it
+    holds NaN/Inf float voxels; under `allow_nan_fill`, return the flat indices of NaN voxels."""
+    endian, datatype, vox_offset, voxels, expected = layout
+    filling = _NAN_FILL.get() is not None
+    dtype = _NIFTI_FLOAT.get(datatype)
+    nan_found: list[np.ndarray] = []
+    nan_count = bad = 0
+
+    def scan(values: np.ndarray, start: int) -> None:
+        nonlocal bad, nan_count
+        nonfinite = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if nonfinite:
+            bad += nonfinite
+            isnan = np.isnan(values)
+            nan_count += int(np.count_nonzero(isnan))
+            if filling:
+                nan_found.append(np.flatnonzero(isnan) + start)
+
+    try:
+        if not compressed:
+            have = path.stat().st_size
+            if dtype is not None and have >= expected:
+                values = np.memmap(path, dtype=np.dtype(dtype).newbyteorder(endian), mode="r", offset=vox_offset,
+                                   shape=(voxels,))
+                for start in range(0, voxels, 1 << 22):
+                    scan(np.asarray(values[start:start + (1 << 22)]), start)
+                del values
+        else:
+            with gzip.open(path, "rb") as f:
+                have, seen, tail = len(f.read(vox_offset)), 0, b""
                 while chunk := f.read(1 << 22):
                     have += len(chunk)
                     if dtype is not None:
                         buf = tail + chunk
                         usable = len(buf) - len(buf) % np.dtype(dtype).itemsize
                         values = np.frombuffer(buf[:usable], dtype=np.dtype(dtype).newbyteorder(endian))
-                        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                        values = values[:max(0, voxels - seen)]  # bytes after the voxels are not voxels
+                        scan(values, seen)
+                        seen += values.size
                         tail = buf[usable:]
-            if not compressed:
-                have = path.stat().st_size
     except EOFError:
         raise input_error(path, "is truncated (the compressed data stops early); the copy or download was probably "
                                 "interrupted. Copy or export it again.") from None
@@ -261,9 +376,15 @@ def check_nifti(path: Path) -> None:
     if have < expected:
         raise input_error(path, f"is truncated: its header promises {expected} bytes but the file holds {have}. "
                                 "Copy or export it again.")
+    if bad and filling and bad == nan_count:
+        return np.concatenate(nan_found)
     if bad:
+        if filling:
+            raise input_error(path, f"has {bad - nan_count} infinite voxel value(s) of {voxels}; --nan-fill replaces "
+                                    "NaN voxels only. Fix or re-export the image.")
         raise input_error(path, f"has {bad} NaN or infinite voxel value(s) of {voxels}; the image was probably saved "
-                                "from a failed computation. Fix or re-export it.")
+                                f"from a failed computation. Fix or re-export it{_NAN_FILL_HINT if nan_count == bad else ''}.")
+    return None
 
 
 def _check_nifti_fields(path, version, dims, datatype, bitpix, pixdim, f) -> None:
@@ -328,9 +449,10 @@ def check_values(image: sitk.Image, path=None, dimensions: tuple[int, ...] = (3,
         raise input_error(path, f"holds no finite value at all (all {finite.size} voxels are NaN or infinite); the "
                                 "image was saved from a failed computation. Fix or re-export it.")
     index = tuple(int(v) for v in np.argwhere(~finite)[0][::-1])
+    only_nan = not np.any(np.isinf(arr))
     raise input_error(path, f"has {finite.size - good} NaN or infinite voxel value(s) (first at voxel index {index}) "
                             f"among its {finite.size} voxels; the image was probably saved from a failed computation. Fix or "
-                            "re-export it.")
+                            f"re-export it{_NAN_FILL_HINT if only_nan else ''}.")
 
 
 # --- 3. the modality ---------------------------------------------------------------------------
@@ -365,60 +487,3 @@ def modality_problem(image: sitk.Image, modality: str) -> str | None:
         return (f"has values {lo:g} .. {hi:g}: it looks like a CT in Hounsfield units (air at -1000 HU), not an MR "
                 "(FLAIR) magnitude image, which has no strongly negative values. An MR FLAIR image is needed")
     return None
-
-
-# --- DICOM series ----------------------------------------------------------------------------------
-
-def check_dicom_series(folder: Path, files: list[str], series_names: set[str]) -> None:
-    """Refuse a series with a damaged, missing, duplicate or foreign slice, or uneven spacing
-    (ITK would stack it anyway and stretch the gap), naming the slice."""
-    import pydicom
-
-    stray = sorted(e.name for e in folder.iterdir() if e.is_file() and e.name not in series_names
-                   and _has_dicom_magic(e))
-    if stray:
-        raise input_error(folder, f"holds DICOM file(s) that are not part of any readable series ({', '.join(stray[:3])}"
-                                  f"{', ...' if len(stray) > 3 else ''}): damaged or foreign slices. Remove or replace "
-                                  "them; a series with a bad slice is not read, so that no gap is silently stretched.")
-    if len(files) < 2:
-        return
-    rows = []
-    for name in files:
-        try:
-            ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
-            position = [float(v) for v in ds.ImagePositionPatient]
-            orientation = [float(v) for v in ds.ImageOrientationPatient]
-            grid = (int(ds.Rows), int(ds.Columns), tuple(round(float(v), 4) for v in ds.get("PixelSpacing", [1, 1])))
-        except Exception:  # noqa: BLE001 - pydicom raises many types for a damaged header
-            raise input_error(name, f"(a slice of the series in {folder}) has no readable position, orientation or "
-                                    "size tags; replace or remove it") from None
-        rows.append((Path(name).name, np.array(position), np.array(orientation), grid))
-    first_name, _, first_orient, first_grid = rows[0]
-    for name, _, orient, grid in rows[1:]:
-        if grid != first_grid or not np.allclose(orient, first_orient, atol=1e-4):
-            raise input_error(folder, f"slice {name} has rows x columns x pixel spacing {grid} and orientation "
-                                      f"{_fmt(orient)} but slice {first_name} has {first_grid} and {_fmt(first_orient)}: "
-                                      "it belongs to another acquisition. Remove it.")
-    normal = np.cross(first_orient[:3], first_orient[3:])
-    z = np.array([pos @ normal for _, pos, _, _ in rows])
-    order = np.argsort(z)
-    gaps = np.diff(z[order])
-    if np.any(gaps < 1e-3):
-        k = int(np.argmin(gaps))
-        raise input_error(folder, f"slices {rows[order[k]][0]} and {rows[order[k + 1]][0]} lie at the same position "
-                                  f"({z[order[k]]:.3f} mm along the slice normal): a duplicate slice. Remove one.")
-    typical = float(np.median(gaps))
-    off = np.abs(gaps - typical) > max(0.05 * typical, 0.01)
-    if np.any(off):
-        k = int(np.argmax(off))
-        raise input_error(folder, f"has uneven slice spacing: {gaps[k]:.3f} mm between slices {rows[order[k]][0]} and "
-                                  f"{rows[order[k + 1]][0]} but {typical:.3f} mm elsewhere (a missing or damaged "
-                                  "slice?). It is not read, so the gap is not silently stretched; complete the series.")
-
-
-def _has_dicom_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False

@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import LesionDetectError, input_error
-from .files import atomic_path
-from .gate import check_dicom_series, check_header, check_values
+from .files import atomic_path, full_disk_reason
+from .gate import check_dicom_series, check_dicom_strays, check_header, check_values, fill_nan, nifti_complete
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
 READABLE_FORMATS = ("NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), DICOM (a file or a folder "
@@ -91,11 +91,12 @@ def _itk_warnings_off():
 
 # --- reading -------------------------------------------------------------------------------
 
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+def dicom_series_files(folder: str | os.PathLike, check: bool = True) -> list[str]:
     """File names of the DICOM series with most slices in `folder` (sorted by position).
 
     Raises a `LesionDetectError` that says what the folder holds instead when there is no
-    DICOM series in it.
+    DICOM series in it, and (`check`) for a series `gate.check_dicom_series` refuses; without
+    `check`, only for DICOM files that belong to no series (the caller checks the slices).
     """
     folder = Path(folder)
     with _itk_warnings_off():
@@ -113,7 +114,11 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
                                   "give an image file, or a folder holding the DICOM slices of one series")
     series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids]
     chosen = list(max(series, key=len))
-    check_dicom_series(folder, chosen, {Path(f).name for files in series for f in files})
+    names = {Path(f).name for files in series for f in files}  # of every series in the folder
+    if check:
+        check_dicom_series(folder, chosen, names)
+    else:
+        check_dicom_strays(folder, names)
     return chosen
 
 
@@ -122,15 +127,32 @@ def _some(names: list[str], n: int = 3) -> str:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """The series, checked (gate.check_dicom_series) on the tags the reader collected of
+    every slice; a series ITK cannot stack is checked from the files, to name the slice."""
+    files = dicom_series_files(folder, check=False)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder))
+    reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
-    image = reader.Execute()
-    # carry the first slice's tags (Modality etc.) on the volume, as for single files
-    for key in reader.GetMetaDataKeys(0):
-        image.SetMetaData(key, reader.GetMetaData(0, key))
+    names = {Path(f).name for f in files}  # strays were checked by dicom_series_files
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        check_dicom_series(folder, files, names, skip_strays=True)  # names the slice at fault
+        raise
+    check_dicom_series(folder, files, names, slice_tags=_slice_tags(reader), skip_strays=True)
+    # carry the first slice's tags (Modality etc.) on the volume, as for single files; the
+    # reader goes first: while it holds the voxel buffer too, SetMetaData copies the volume
+    tags = {key: reader.GetMetaData(0, key) for key in reader.GetMetaDataKeys(0)}
+    del reader
+    for key, value in tags.items():
+        image.SetMetaData(key, value)
     return image
+
+
+def _slice_tags(reader: sitk.ImageSeriesReader):
+    """tag text of slice i, or None: what gate.check_dicom_series reads a series' geometry from."""
+    return lambda i, tag: reader.GetMetaData(i, tag) if reader.HasMetaDataKey(i, tag) else None
 
 
 def read_image(path: str | os.PathLike, pixel_type: int | None = None, allow_folder: bool = True) -> sitk.Image:
@@ -153,8 +175,10 @@ def read_image(path: str | os.PathLike, pixel_type: int | None = None, allow_fol
         else:
             if path.stat().st_size == 0:
                 raise input_error(path, "is empty (0 bytes); the copy or export failed. Copy or export it again.")
-            check_header(path)  # before any voxel is read: see gate.py
+            verify = check_header(path)  # before any voxel is read: see gate.py
             image = sitk.ReadImage(str(path))
+            nan_at = verify(image) if verify is not None else None  # NIfTI: complete, intact, finite?
+            image = fill_nan(image, path, nan_at)  # only under gate.allow_nan_fill
     except LesionDetectError:
         raise
     except RuntimeError as exc:
@@ -222,8 +246,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = Fa
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
-        except RuntimeError as exc:
-            raise input_error(path, f"cannot be written ({_sitk_reason(exc)})") from None
+        except RuntimeError as exc:  # ITK says "failed to write" for a full disk: say which it was
+            raise input_error(path, f"cannot be written ({full_disk_reason(tmp) or _sitk_reason(exc)})") from None
+        if path.name.lower().endswith((".nii", ".nii.gz")) and not nifti_complete(tmp):  # ITK does not raise
+            raise input_error(path, f"cannot be written ({full_disk_reason(tmp) or 'the file came out incomplete'})")
     return path
 
 

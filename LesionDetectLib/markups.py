@@ -224,7 +224,7 @@ def _vector(path: Path, what: str, value: Any, length: int) -> np.ndarray:
 
 
 def _control_points(path: Path, n: int, item: dict) -> list[dict]:
-    points = item.get("controlPoints") or []
+    points = item.get("controlPoints", [])  # null, "" or 0 are refused, as Slicer's schema does
     if not isinstance(points, list) or not all(isinstance(cp, dict) for cp in points):
         raise input_error(path, f'markup {n}: "controlPoints" must be a list of objects, not {str(points)[:60]!r}')
     return points

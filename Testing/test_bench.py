@@ -8,7 +8,7 @@ import pytest
 
 from LesionDetectLib import bench
 
-EXPECTED = {"bone-ct-parse", "bone-scan-cls", "liver-frcnn", "ms-flair"}
+EXPECTED = {"bone-ct-parse", "bone-scan-cls", "input-gate", "liver-frcnn", "ms-flair", "spine-mtl"}
 
 # keys the README and Resources/benchmarks/ quote for each benchmark
 KEYS = {
@@ -16,6 +16,10 @@ KEYS = {
     "bone-scan-cls": {"crop_ms", "crop_batched_ms", "whole_body_s", "train_images_per_s", "peak_rss_mb"},
     "liver-frcnn": {"slice_s", "volume_s", "train_step_s", "peak_rss_mb"},
     "ms-flair": {"slice_s", "volume_s", "train_tiles_per_s", "paper_volume_s", "peak_rss_mb"},
+    "input-gate": {"ct_nifti_gate_s", "ct_dicom_gate_s", "flair_nifti_gate_s", "planar_dicom_gate_s", "max_gate_s",
+                   "peak_rss_mb"},
+    "spine-mtl": {"ct_s", "per_slice_s", "network_slice_ms", "paper_network_slice_ms", "paper_over_default",
+                  "train_slices_per_s", "peak_rss_mb"},
 }
 
 

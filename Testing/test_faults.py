@@ -347,3 +347,100 @@ def test_training_into_a_folder_with_subfolders_is_refused_before_any_work(tmp_p
     assert code == 2 and err == f"lesiondetect: error: {tmp_path / 'm'}: holds folders (mine); write the model into a " \
                                  "new or empty folder\n"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["mine"]
+
+
+# --- a real full disk: a 2 MiB tmpfs ----------------------------------------------------------------------
+
+SMALL_DISK = "2m"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, tiny file system (tmpfs of SMALL_DISK) mounted at tmp_path/disk.  Skipped, with
+    the reason, where mounting is not allowed (not root, not Linux, a container without
+    CAP_SYS_ADMIN, no `mount`)."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full-disk test mounts a tmpfs: needs root on Linux with `mount`")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # a file still open: detach it
+
+
+def fill_disk(disk) -> None:
+    """Fill the file system of `disk` to the last byte with one file, disk/filler."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(fd, b"\0")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.name != "filler")
+
+
+@needs_model
+def test_infer_on_a_full_disk_refuses_before_writing_and_leaves_nothing_half_written(tmp_path, small_disk, run_cli,
+                                                                                     monkeypatch):
+    from LesionDetectLib import prediction
+
+    old_image = write(flair_array(0), tmp_path / "old.nii.gz", compress=True)
+    new_image = write(flair_array(1), tmp_path / "new.nii.gz", compress=True)
+    out = small_disk / "out"
+    args = ["infer", "--method", "ms-flair-fcn", "--out", out, "--device", "cpu", "--overwrite", "--input"]
+    # 1. the check before any work: the real file system's free space is too small for the margin
+    code, _, err = run_cli(*args, old_image)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"lesiondetect: error: {out}: not enough free space for the prediction: it needs about ")
+    assert err.endswith("MiB free; nothing was written\n") and leftovers(small_disk) == []
+    # 2. the disk fills up after the check passed (another program, a growing log): the write fails
+    monkeypatch.setattr(prediction, "check_free_space", lambda *a, **k: None)
+    code, _, err = run_cli(*args, old_image)
+    assert code == 0, err
+    before = snapshot(out)
+    fill_disk(small_disk)
+    code, _, err = run_cli(*args, new_image)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"lesiondetect: error: {out}: cannot be written (no space left on the device (0 KiB "
+                          "free)); nothing was changed")
+    assert snapshot(out) == before and read_prediction(out).provenance.input == str(old_image)
+    assert leftovers(small_disk) == ["out", *[f"out/{name}" for name in sorted(before)]]  # no temporary folder
+
+
+def test_save_model_on_a_full_disk_names_the_folder_and_keeps_the_old_model(small_disk, monkeypatch):
+    from LesionDetectLib import models
+    from LesionDetectLib.models import ModelCard, save_model
+
+    out = small_disk / "m"
+    with pytest.raises(LesionDetectError, match=rf"^{out}: not enough free space for the model: it needs about "
+                                                r"\d+\.\d MiB, the file system has 2\.0 MiB free; nothing was written$"):
+        save_model(out, torch.nn.Linear(256, 256).state_dict(), ModelCard(method="toy", modality="CT", config={}))
+    assert leftovers(small_disk) == []
+    monkeypatch.setattr(models, "check_free_space", lambda *a, **k: None)  # the disk fills up after the check
+    save_model(out, torch.nn.Linear(16, 16).state_dict(), ModelCard(method="toy", modality="CT", config={"seed": 1}))
+    before = snapshot(out)
+    fill_disk(small_disk)
+    with pytest.raises(LesionDetectError, match=rf"^{out}: cannot be written \(no space left on the device \(0 KiB "
+                                                r"free\)\); nothing was changed$"):
+        save_model(out, torch.nn.Linear(256, 256).state_dict(), ModelCard(method="toy", modality="CT", config={}),
+                   overwrite=True)
+    assert snapshot(out) == before and models.load_model(out, method="toy")[1].config == {"seed": 1}
+    assert leftovers(small_disk) == ["m", "m/model.json", "m/model.safetensors"]

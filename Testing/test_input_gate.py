@@ -238,3 +238,124 @@ def test_evaluate_checks_its_output_files_before_work(tmp_path, run_cli):
     code, out, err = run_cli("evaluate", "--model", tmp_path / "nomodel", "--data", tmp_path / "nodata",
                              "--plot", tmp_path)
     assert code == 2 and "is a folder; --plot needs a file name" in err
+
+
+# --- the documented NaN replacement (--nan-fill) ------------------------------------------------------
+
+from LesionDetectLib import gate  # noqa: E402
+
+
+def _with_nans(tmp_path, suffix, count, value=np.nan):
+    arr = flair_array()
+    flat = arr.reshape(-1)
+    flat[np.linspace(0, flat.size - 1, count).astype(int)] = value
+    return write(arr, tmp_path / f"n{suffix}", compress=suffix.endswith(".gz")), arr
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+def test_nan_fill_replaces_nan_voxels_by_the_value_and_records_it(tmp_path, suffix):
+    path, arr = _with_nans(tmp_path, suffix, 40)  # 40 of 4608 voxels: 0.87 %
+    with pytest.raises(LesionDetectError, match="NaN"):
+        get_method("ms-flair-fcn").check_input(read_image(path), path)  # refused without the option
+    for value, expected in ((-7.5, -7.5), ("min", float(np.nanmin(arr)))):
+        with gate.allow_nan_fill(value):
+            image = read_image(path)
+        got = sitk.GetArrayFromImage(image)
+        nan = np.isnan(arr)
+        assert np.all(got[nan] == np.float32(expected)) and np.array_equal(got[~nan], arr[~nan])
+        assert gate.nan_fill_record(image) == {"value": expected, "rule": "value" if value != "min" else "min",
+                                               "voxels": 40, "fraction": round(40 / 4608, 6)}
+        assert get_method("ms-flair-fcn").check_input(image, path) == []  # the gate passes it now
+    assert gate.nan_fill_record(sitk.ReadImage(str(path))) is None  # nothing recorded without the option
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_nan_fill_refuses_more_than_the_documented_fraction_and_infinite_values(tmp_path, suffix):
+    path, _ = _with_nans(tmp_path, suffix, 47)  # 1.02 % of the voxels
+    with gate.allow_nan_fill(0.0), pytest.raises(LesionDetectError, match=r"has 47 NaN voxels of 4608 \(1\.02%\); "
+                                                                          r"--nan-fill replaces NaN in at most 1%"):
+        read_image(path)
+    path, _ = _with_nans(tmp_path, ".inf" + suffix, 3, value=np.inf)
+    with gate.allow_nan_fill(0.0), pytest.raises(LesionDetectError, match="infinite"):
+        get_method("ms-flair-fcn").check_input(read_image(path), path)
+    all_nan = write(np.full((8, 24, 24), np.nan, np.float32), tmp_path / f"all{suffix}", compress=True)
+    with gate.allow_nan_fill("min"), pytest.raises(LesionDetectError, match="100.00%"):
+        read_image(all_nan)
+
+
+def test_nan_fill_value_parses_numbers_and_min_only():
+    import argparse
+
+    assert gate.nan_fill_value("-1000") == -1000.0 and gate.nan_fill_value("MIN") == "min"
+    for bad in ("nan", "inf", "air", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="finite number"):
+            gate.nan_fill_value(bad)
+    with gate.allow_nan_fill(3.0):
+        pass
+    assert gate._NAN_FILL.get() is None  # the block ends the policy
+
+
+def _infer_has_nan_fill() -> bool:
+    import argparse
+
+    from LesionDetectLib.commands import infer
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    infer.add_parser(sub)
+    return "--nan-fill" in sub.choices["infer"].format_help()
+
+
+@needs_model
+@pytest.mark.skipif(not _infer_has_nan_fill(), reason="lesiondetect infer has no --nan-fill option yet (commands/infer.py)")
+def test_infer_nan_fill_end_to_end(tmp_path, run_cli, capsys):
+    path, _ = _with_nans(tmp_path, ".nii.gz", 20)
+    code, out, err = run_cli("infer", "--method", "ms-flair-fcn", "--input", path, "--out", tmp_path / "o",
+                             "--device", "cpu")
+    assert code == 2 and "--nan-fill VALUE" in err and not (tmp_path / "o" / "prediction.json").exists()
+    code, out, err = run_cli("infer", "--method", "ms-flair-fcn", "--input", path, "--out", tmp_path / "o",
+                             "--device", "cpu", "--nan-fill", "0")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "o" / "prediction.json").read_text())
+    assert manifest["provenance"]["parameters"]["nan_fill"] == {"value": 0.0, "rule": "value", "voxels": 20,
+                                                                "fraction": round(20 / 4608, 6)}
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        run_cli("infer", "--method", "ms-flair-fcn", "--input", path, "--out", tmp_path / "o2", "--device", "cpu",
+                "--nan-fill", "nan")
+    assert usage.value.code == 2 and "finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_a_clean_nifti_gz_is_verified_without_a_second_decompression(tmp_path, dtype, monkeypatch):
+    """The CRC of ITK's voxels matches the gzip trailer: no second pass over the data (the
+    input gate's cost, Resources/benchmarks/input-gate.md); a damaged file still gets one."""
+    arr = flair_array().astype(dtype)
+    path = write(arr, tmp_path / "v.nii.gz", compress=True)
+
+    def slow(*args):
+        raise AssertionError("the slow scan ran")
+
+    with monkeypatch.context() as m:
+        m.setattr(gate, "_scan_nifti", slow)
+        image = read_image(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one flipped bit in the deflate stream, trailer intact
+    path.write_bytes(bytes(data))
+    try:
+        read_image(path)
+    except LesionDetectError as exc:
+        assert "damaged" in str(exc) or "corrupt" in str(exc) or "truncated" in str(exc), exc
+    else:
+        pytest.fail("a flipped bit in the compressed data was not noticed")
+
+
+def test_the_input_gate_benchmark_runs_in_quick_mode(run_cli, tmp_path):
+    """`lesiondetect bench input-gate` (Resources/benchmarks/input-gate.md) end to end on tiny inputs."""
+    out_file = tmp_path / "gate.json"
+    code, out, err = run_cli("bench", "input-gate", "--quick", "--json", out_file)
+    assert code == 0, err
+    results = json.loads(out_file.read_text())
+    for name in ("ct_nifti", "ct_dicom", "flair_nifti", "planar_dicom"):
+        assert results[f"{name}_read_s"] > 0 and results[f"{name}_gate_s"] >= 0 and results[f"{name}_total_s"] > 0
+    assert results["max_gate_s"] == max(results[f"{n}_gate_s"] for n in ("ct_nifti", "ct_dicom", "flair_nifti",
+                                                                           "planar_dicom"))

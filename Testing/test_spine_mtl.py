@@ -168,6 +168,21 @@ def test_a_totalsegmentator_multilabel_file_and_per_vertebra_files_give_the_vert
     assert [v.name for v in read_segmentation(folder, geometry)] == ["T12", "L1"]
 
 
+def test_a_slicer_segmentation_with_one_segment_per_vertebra_gives_the_vertebrae(tmp_path):
+    from LesionDetectLib.segnrrd import Segment, write_segmentation
+
+    case = synth.make_case("spine-ct", seed=1, index=0, size="small")
+    geometry = Geometry.of(case.image)
+    labels = np.zeros(geometry.shape, np.uint8)
+    labels[:8, 20:44, 20:44] = 1
+    labels[8:, 20:44, 20:44] = 2
+    write_segmentation(tmp_path / "v.seg.nrrd", labels, geometry,
+                       [Segment("s1", "vertebrae_L1", 1, terminology=""), Segment("s2", "T12", 2, terminology=""),
+                        Segment("s3", "spinal canal", 3, terminology="")])
+    vertebrae = read_segmentation(tmp_path / "v.seg.nrrd", geometry)
+    assert [(v.name, v.slices) for v in vertebrae] == [("T12", list(range(8, 16))), ("L1", list(range(8)))]
+
+
 def test_a_segmentation_on_another_grid_or_without_vertebrae_is_refused(tmp_path):
     case = synth.make_case("spine-ct", seed=1, index=0, size="small")
     geometry = Geometry.of(case.image)

@@ -8,6 +8,13 @@ the case id is taken (in dataset.json or on disk) the export becomes <case>_v2, 
 dataset.json itself is re-read, extended and replaced in one step under a lock file, so two
 exports cannot lose each other's entry.
 
+dataset.json is the commit point: a case exists once its entry is there, and its files are
+all written before it is.  An export killed at any moment (SIGKILL, power loss) leaves
+dataset.json and every file it names as they were, or the complete new case.  Its lock file
+(dataset.json.lock) names the process and the files it was writing; the next export finds the
+lock's process gone, removes the files of that export that dataset.json does not name (and
+their temporary files), and goes on (`recover`).
+
 `export_case` works on LesionDetectLib objects; `export_from_scene` reads them from MRML nodes.
 """
 
@@ -15,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
+import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +37,7 @@ import SimpleITK as sitk
 from LesionDetectLib import __version__, markups, segnrrd
 from LesionDetectLib.dataset import DATASET_FILE, read_dataset_json, write_dataset_json
 from LesionDetectLib.errors import LesionDetectError, input_error
+from LesionDetectLib.files import atomic_path, check_free_space, fault_point, full_disk_reason
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.io import modality_guess, write_image
 from LesionDetectLib.prediction import LesionBox, LesionPoint, Prediction
@@ -107,29 +118,44 @@ def export_case(dataset_dir: str | os.PathLike, case_id: str, annotation: Annota
     root.mkdir(parents=True, exist_ok=True)
     geometry = Geometry.of(annotation.image)
     modality = modality or modality_guess(annotation.image)
-    with _dataset_lock(root):
+    with _dataset_lock(root) as lock:
         doc = _existing_dataset(root)
         if doc is not None and doc.get("modality") != modality:
             raise input_error(root / DATASET_FILE, f"holds {doc.get('modality')} images; this case is {modality}")
         final_id = _free_case_id(root, doc, case_id)
+        parts = {"image": True, "mask": annotation.mask is not None, "boxes": annotation.boxes is not None,
+                 "points": annotation.points is not None}
+        check_free_space(root, _expected_bytes(annotation), "the exported case")
         written: dict[str, Path] = {}
         try:
+            lock.plan([_path(root, kind, final_id) for kind, wanted in parts.items() if wanted])
+            fault_point("export-planned")
             written["image"] = write_image(annotation.image, _path(root, "image", final_id))
+            fault_point("export-image")
             if annotation.mask is not None:
                 written["mask"] = segnrrd.write_segmentation(_path(root, "mask", final_id), annotation.mask, geometry,
                                                              [segnrrd.lesion_segment(status="completed")])
+                fault_point("export-mask")
             if annotation.boxes is not None:
                 written["boxes"] = markups.write_boxes(_path(root, "boxes", final_id), annotation.boxes)
+                fault_point("export-boxes")
             if annotation.points is not None:
                 written["points"] = markups.write_points(_path(root, "points", final_id), annotation.points)
+                fault_point("export-points")
             entry = {"id": final_id, "patient": patient or _VERSION_SUFFIX.sub("", case_id),
                      **{k: p.relative_to(root).as_posix() for k, p in written.items()},
                      "provenance": {**provenance, "time": _now(), "lesiondetect_version": __version__}}
-            _add_case(root, doc, entry, modality, dataset_name)
-        except BaseException:
+            _add_case(root, doc, entry, modality, dataset_name)  # the commit point
+            fault_point("export-committed")
+        except BaseException as exc:
+            full = full_disk_reason(root) if isinstance(exc, (OSError, LesionDetectError)) else None
             for p in written.values():  # nothing half-exported stays behind
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+            if isinstance(exc, OSError) or full:
+                reason = full or exc.strerror or exc
+                raise input_error(root, f"the case cannot be exported ({reason}); the dataset was left as it "
+                                        "was") from None
             raise
     return ExportResult(case_id=final_id, dataset_json=root / DATASET_FILE, files=written, entry=entry)
 
@@ -155,6 +181,17 @@ def export_from_scene(dataset_dir: str | os.PathLike, case_id: str, input_volume
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+def _expected_bytes(annotation: Annotation) -> int:
+    """An upper bound of what one exported case takes: image and mask uncompressed, 1 KiB per
+    box or point, 64 KiB for dataset.json and headers."""
+    image = annotation.image
+    voxels = int(np.prod(image.GetSize()))
+    image_bytes = voxels * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    mask_bytes = annotation.mask.nbytes if annotation.mask is not None else 0
+    findings = len(annotation.boxes or []) + len(annotation.points or [])
+    return int(image_bytes + mask_bytes + 1024 * findings + 64 * 1024)
+
 
 def _path(root: Path, kind: str, case_id: str) -> Path:
     folder, suffix = SUBFOLDERS[kind]
@@ -191,9 +228,136 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class _Lock:
+    """The held lock file: it names this process (pid and host) and, once `plan` is called,
+    the files this export writes, so that the next export can undo a killed one."""
+
+    def __init__(self, path: Path, root: Path):
+        self.path, self.root = path, root
+
+    def plan(self, paths) -> None:
+        _write_lock(self.path, {**_owner(), "files": [Path(p).relative_to(self.root).as_posix() for p in paths]})
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _write_lock(lock: Path, content: dict) -> None:
+    """Replace the lock's content in one step (it exists throughout, so no other export can take it)."""
+    with atomic_path(lock, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(content), encoding="utf-8")
+
+
+def _read_lock(lock: Path) -> dict | None:
+    try:
+        content = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _process_gone(content: dict | None, lock: Path) -> bool:
+    """Whether the export holding `lock` can no longer be running: its process is gone (same
+    host), or the lock names no process and is older than STALE_EMPTY_LOCK_S (killed between
+    creating and writing it).  A lock of another host is never taken over."""
+    if content is None or not isinstance(content.get("pid"), int):
+        try:
+            return time.time() - lock.stat().st_mtime > STALE_EMPTY_LOCK_S
+        except FileNotFoundError:
+            return False
+    if content.get("host") != socket.gethostname():
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return _windows_process_gone(content["pid"])
+    try:
+        os.kill(content["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # someone else's live process (or a platform that cannot tell)
+    return False
+
+
+def _windows_process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs (Windows: OpenProcess fails with ERROR_INVALID_PARAMETER, or
+    the process has an exit code); False whenever that cannot be told."""
+    try:
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.GetLastError() == 87  # type: ignore[attr-defined]  # ERROR_INVALID_PARAMETER
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value != 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    except Exception:  # noqa: BLE001 - no ctypes, no kernel32: do not guess
+        return False
+
+
+STALE_EMPTY_LOCK_S = 10.0
+
+
+def recover(root: str | os.PathLike) -> list[Path]:
+    """Undo an export that was killed while it held the lock of `root`: remove the files its
+    lock lists that dataset.json does not name, and the temporary files beside them; then the
+    lock.  Returns the files removed.  Does nothing while the lock's process still runs."""
+    root = Path(root)
+    lock = root / (DATASET_FILE + ".lock")
+    content = _read_lock(lock)
+    if not lock.exists() or not _process_gone(content, lock):
+        return []
+    # take the stale lock over in one step, so that two recovering exports cannot both act
+    taken = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
+    try:
+        os.rename(lock, taken)
+    except FileNotFoundError:
+        return []
+    if _read_lock(taken) != content:  # another export took and replaced it meanwhile: give it back
+        with contextlib.suppress(OSError):
+            os.link(taken, lock)
+        taken.unlink(missing_ok=True)
+        return []
+    removed = []
+    named = _named_files(root)
+    planned = [root / rel for rel in (content or {}).get("files", []) if isinstance(rel, str)]
+    for path in planned if named is not None else ():  # an unreadable dataset.json: remove nothing
+        if path.resolve() not in named and path.exists() and root.resolve() in path.resolve().parents:
+            path.unlink()
+            removed.append(path)
+    for folder in {p.parent for p in planned} | {root}:
+        names = [p.name for p in planned if p.parent == folder]
+        names += [DATASET_FILE, DATASET_FILE + ".lock"] if folder == root else []
+        for name in names:  # atomic_path's temporary files: .tmp-<random>-<name>
+            for tmp in folder.glob(".tmp-*-" + glob.escape(name)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    taken.unlink(missing_ok=True)
+    return removed
+
+
+def _named_files(root: Path) -> set[Path] | None:
+    """The files dataset.json names (resolved); None when dataset.json cannot be read."""
+    try:
+        doc = _existing_dataset(root)
+    except LesionDetectError:
+        return None
+    named = set()
+    for case in (doc or {}).get("cases", []):
+        if isinstance(case, dict):
+            for key in ("image", "mask", "roi", "points", "boxes"):
+                if isinstance(case.get(key), str):
+                    named.add((root / case[key]).resolve())
+    return named
+
+
 @contextlib.contextmanager
 def _dataset_lock(root: Path):
-    """An exclusive lock file beside dataset.json (O_EXCL works on every platform)."""
+    """An exclusive lock file beside dataset.json (O_EXCL works on every platform); a lock
+    left by a killed export is recovered (`recover`) instead of waited for."""
     lock = root / (DATASET_FILE + ".lock")
     deadline = time.monotonic() + LOCK_TIMEOUT_S
     while True:
@@ -201,13 +365,21 @@ def _dataset_lock(root: Path):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
+            recover(root)
+            if not lock.exists():
+                continue
             if time.monotonic() > deadline:
                 raise input_error(lock, "another export holds this lock; remove the file if no export is running")
             time.sleep(0.1)
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
+        try:
+            os.write(fd, json.dumps(_owner()).encode())
+        except OSError as exc:
+            raise input_error(root, f"the case cannot be exported ({full_disk_reason(root) or exc.strerror}); the "
+                                    "dataset was left as it was") from None
+        finally:
+            os.close(fd)
+        yield _Lock(lock, root)
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
