@@ -174,7 +174,7 @@ def test_cli_train_valid_keys_pass_the_check(run_cli, tmp_path):
 def test_every_method_refuses_unknown_inference_options_by_name(run_cli, tmp_path):
     from LesionDetectLib.methods import get_method
 
-    with pytest.raises(LesionDetectError, match="unknown ms-flair-fcn inference option\\(s\\) slices; it takes none"):
+    with pytest.raises(LesionDetectError, match="unknown ms-flair-fcn inference option\\(s\\) slices; use tta"):
         get_method("ms-flair-fcn").check_inference_options({"slices": "1:3"})
     with pytest.raises(LesionDetectError, match="unknown liver-frcnn inference option\\(s\\) slice; use slices"):
         get_method("liver-frcnn").check_inference_options({"slice": "1:3"})
@@ -183,6 +183,6 @@ def test_every_method_refuses_unknown_inference_options_by_name(run_cli, tmp_pat
     get_method("liver-frcnn").check_inference_options({"slices": "1:3"})  # a valid one passes
     # through the CLI, with the shipped FLAIR model: refused before the input is even read
     code, _, err = run_cli("infer", "--method", "ms-flair-fcn", "--input", tmp_path / "missing.nii.gz",
-                           "--out", tmp_path / "out", "--set", "tta=1")
-    assert code == 2 and "unknown ms-flair-fcn inference option(s) tta" in err
+                           "--out", tmp_path / "out", "--set", "flips=1")
+    assert code == 2 and "unknown ms-flair-fcn inference option(s) flips" in err
     assert not (tmp_path / "out").exists()

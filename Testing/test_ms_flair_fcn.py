@@ -376,7 +376,8 @@ def test_shipped_model_infers_raw_anisotropic_flair(shared_data, tmp_path, run_c
 @pytest.mark.slow
 def test_shipped_model_on_a_held_out_real_case(shared_data, tmp_path):
     """The shipped model never saw MSLesSeg (another centre and preprocessing): measured there
-    it finds all 3 plaques (pixel recall 0.73) but with many false positives (Dice 0.03)."""
+    (issue #17 model, lesion operating point) it finds all 3 plaques but with many false
+    positives on bright periventricular rims (Dice 0.04, pixel recall 0.37, 25 predicted lesions)."""
     from LesionDetectLib.dataset import load_dataset, write_dataset_json
     from LesionDetectLib.models import shipped_model_dir
     from LesionDetectLib.training import load_trained
@@ -388,8 +389,9 @@ def test_shipped_model_on_a_held_out_real_case(shared_data, tmp_path):
                                                "mask": str(case / "lesions.nii.gz")}])
     method, model, card, device = load_trained(shipped_model_dir("ms-flair-fcn"), device="cpu")
     metrics = method.evaluate(model, card, load_dataset(tmp_path), device, split="all")
-    assert metrics["lesion_sensitivity"] >= 2 / 3 and metrics["pixel_recall"] > 0.5
+    assert metrics["lesion_sensitivity"] >= 2 / 3 and metrics["pixel_recall"] > 0.3
     assert metrics["cases"][0]["truth_lesions"] == 3
+    assert metrics["operating_point"]["name"] == "lesion" and set(metrics["by_size"]) == set(lw.size_bin_names())
 
 
 def test_a_time_limit_cuts_the_epochs_after_the_first(tmp_path, run_cli):
@@ -402,3 +404,211 @@ def test_a_time_limit_cuts_the_epochs_after_the_first(tmp_path, run_cli):
     assert code == 0, err
     history = json.loads((model / "model.json").read_text())["training"]["history"]
     assert len(history) == 1 and history[0]["epochs_cut_to"] == 1
+
+
+# --- issue 17: lesions, not speckle -------------------------------------------------------------
+
+from LesionDetectLib.methods.ms_flair_fcn import method as msf_method  # noqa: E402
+from LesionDetectLib.methods.ms_flair_fcn import data as msf_data  # noqa: E402
+
+
+def speckled_case():
+    """Two true plaques (27 and 125 voxels), four speckles (1-2 voxels, high probability) and a
+    large faint blob (64 voxels, probability 0.55) on a 1 mm grid."""
+    truth = np.zeros((12, 40, 40), bool)
+    truth[2:5, 5:8, 5:8] = True
+    truth[5:10, 20:25, 20:25] = True
+    prob = np.zeros(truth.shape, np.float32)
+    prob[truth] = 0.97
+    for z, y, x in ((1, 35, 35), (8, 2, 30), (10, 30, 5)):
+        prob[z, y, x] = 0.9
+    prob[6, 35, 10:12] = 0.95
+    prob[7:11, 10:14, 30:34] = 0.55
+    return truth, prob
+
+
+def test_filter_components_drops_small_and_low_scoring_components():
+    truth, prob = speckled_case()
+    mask = prob >= 0.5
+    assert lw.lesion_labels(mask, min_volume_mm3=0)[1] == 2 + 4 + 1
+    small_gone = msf_method.filter_components(mask, prob, (1.0, 1.0, 1.0), min_volume_mm3=5)
+    assert lw.lesion_labels(small_gone, min_volume_mm3=0)[1] == 3  # the 2 plaques and the faint blob
+    both = msf_method.filter_components(mask, prob, (1.0, 1.0, 1.0), min_volume_mm3=5, min_score=0.9)
+    np.testing.assert_array_equal(both, truth)
+    # the size rule is physical: at 0.5 mm (0.125 mm^3 a voxel) even the 125-voxel plaque is under 20 mm^3
+    assert msf_method.filter_components(mask, prob, (1.0, 1.0, 1.0), min_volume_mm3=20).sum() == 27 + 125 + 64
+    assert not msf_method.filter_components(mask, prob, (0.5, 0.5, 0.5), min_volume_mm3=20).any()
+    # the component score may be the mean: the faint blob (mean 0.55) goes at 0.6, the plaques stay
+    mean = msf_method.filter_components(mask, prob, (1.0, 1.0, 1.0), 5, 0.6, score="mean")
+    np.testing.assert_array_equal(mean, truth)
+    assert msf_method.filter_components(mask, prob, (1, 1, 1)).sum() == mask.sum()  # no rule: unchanged
+    with pytest.raises(LesionDetectError, match="component_score"):
+        msf_method.filter_components(mask, prob, (1, 1, 1), 1, 0.5, score="median")
+
+
+def test_lesion_grid_search_finds_the_rule_that_removes_the_speckle():
+    truth, prob = speckled_case()
+    best = msf_method.lesion_grid_search([(prob, truth, (1.0, 1.0, 1.0))])
+    assert best["lesion_f1"] == 1.0 and best["dice"] == 1.0
+    pred = msf_method.filter_components(prob >= best["threshold"], prob, (1, 1, 1), best["min_lesion_mm3"],
+                                        best["component"])
+    np.testing.assert_array_equal(pred, truth)
+
+
+def test_detection_by_size_bins():
+    truth, pred = blank((12, 60, 60)), blank((12, 60, 60))
+    truth[1, 1:3, 1:4] = 1  # 6 mm^3: < 10
+    truth[3:6, 10:14, 10:14] = 1  # 48 mm^3: 10-100
+    truth[5:11, 30:50, 30:40] = 1  # 1200 mm^3: > 100
+    pred[3:6, 10:14, 10:14] = 1
+    pred[5:11, 30:50, 30:40] = 1
+    pred[1, 50:52, 50:53] = 1  # a 6 mm^3 false positive
+    bins = lw.detection_by_size(lw.lesion_detection(truth, pred))
+    assert list(bins) == ["<10 mm3", "10-100 mm3", ">100 mm3"]
+    assert (bins["<10 mm3"]["truth"], bins["<10 mm3"]["detected"], bins["<10 mm3"]["pred"],
+            bins["<10 mm3"]["true_pred"]) == (1, 0, 1, 0)
+    assert bins["10-100 mm3"]["sensitivity"] == 1.0 and bins[">100 mm3"]["precision"] == 1.0
+
+
+# --- issue 17: intensities ----------------------------------------------------------------------
+
+def flair_like_head(seed=0, t1=False):
+    """A skull-stripped brain: white matter core, a brighter grey-matter shell (FLAIR) or a
+    darker one (T1), dark ventricles."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.ogrid[:40, :64, :64]
+    r = ((z - 20) / 18) ** 2 + ((y - 32) / 28) ** 2 + ((x - 32) / 26) ** 2
+    vol = np.zeros((40, 64, 64), np.float32)
+    vol[r < 1] = 100.0
+    vol[(r >= 0.8) & (r < 1)] = 70.0 if t1 else 125.0  # grey matter (29 % of the brain)
+    vol[r < 0.04] = 20.0 if not t1 else 30.0  # ventricles
+    vol += (r < 1) * rng.normal(0, 3, vol.shape).astype(np.float32)
+    return vol
+
+
+def test_wm_peak_normalisation_puts_white_matter_at_one_whatever_the_unit():
+    vol = flair_like_head()
+    a, fg = msf.normalise(vol, "wm_peak")
+    b, _ = msf.normalise(vol * 3.7, "wm_peak")
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    wm = a[(vol > 90) & (vol < 110)]
+    assert np.median(wm) == pytest.approx(1.0, abs=0.03)
+    with pytest.raises(ValueError, match="normalisation"):
+        msf.normalise(vol, "zscore")
+
+
+def test_flair_check_warns_for_t1_like_contrast():
+    for t1, ok in ((False, True), (True, False)):
+        vol, fg = msf.normalise(flair_like_head(t1=t1), "wm_peak")
+        check = msf_data.flair_check(vol, fg)
+        assert check["looks_like_flair"] is ok
+        assert ("do not look like FLAIR" in check["warning"]) is (not ok)
+
+
+def test_intensity_and_spatial_augmentation_keep_shapes_and_labels():
+    np.random.seed(0)
+    tile = np.clip(np.random.default_rng(0).normal(1, 0.1, (3, 40, 40)), 0, None).astype(np.float32)
+    strong = {"gamma": 0.3, "contrast": 0.3, "bias": 0.2, "blur": 1.0, "noise": 0.05}
+    out = msf_data.intensity_augment(tile, strong)
+    assert out.shape == tile.shape and out.dtype == np.float32 and out.min() >= 0 and not np.allclose(out, tile)
+    label = np.zeros((40, 40), np.uint8)
+    label[15:25, 15:25] = 1
+    im2, lab2 = msf_data.spatial_augment(tile, label, 1.0)
+    assert im2.shape == tile.shape and lab2.shape == label.shape and set(np.unique(lab2)) <= {0, 1}
+    assert 40 < lab2.sum() < 250  # rotated and scaled by at most 30 %, still there
+    images = np.repeat(tile[None], 4, axis=0)
+    labels = np.repeat(label[None], 4, axis=0)
+    ts = msf.TileSet(images, labels, 32, augment=True, intensity=0.1, strong={**strong, "spatial": 0.5})
+    x, y = ts[0]
+    assert tuple(x.shape) == (3, 32, 32) and tuple(y.shape) == (1, 32, 32)
+
+
+# --- issue 17: prediction ----------------------------------------------------------------------
+
+def tiny_model_and_card(**config):
+    from LesionDetectLib.models import ModelCard
+
+    method = get_method("ms-flair-fcn")
+    config = {**method.defaults, "unet_base": 4, "unet_depth": 2, **config}
+    torch.manual_seed(0)
+    model = method.build_model(config).eval()
+    card = ModelCard(method=method.name, modality="MR", config=config,
+                     thresholds={"pixel": 0.5, "lesion": 0.5, "component": 0.6})
+    return method, model, card
+
+
+def test_predict_reports_operating_point_tta_and_a_flair_warning():
+    method, model, card = tiny_model_and_card(normalisation="wm_peak", min_lesion_mm3=5.0)
+    image = sitk.GetImageFromArray(flair_like_head())
+    pred = method.predict(model, card, image, torch.device("cpu"))
+    params = pred.provenance.parameters
+    assert params["operating_point"] == "lesion" and params["min_lesion_mm3"] == 5.0
+    assert params["component_threshold"] == 0.6 and params["tta"] is False and "warning" not in params
+    assert params["input_check"]["looks_like_flair"]
+    with_tta = method.predict(model, card, image, torch.device("cpu"), tta=True)
+    assert with_tta.provenance.parameters["tta"] is True
+    # TTA averages the four in-plane flips: a flipped input gives the flipped probability
+    flipped = sitk.GetImageFromArray(flair_like_head()[:, :, ::-1].copy())
+    again = method.predict(model, card, flipped, torch.device("cpu"), tta=True)
+    np.testing.assert_allclose(again.probability[:, :, ::-1], with_tta.probability, atol=1e-4)
+    t1 = method.predict(model, card, sitk.GetImageFromArray(flair_like_head(t1=True)), torch.device("cpu"))
+    assert "do not look like FLAIR" in t1.provenance.parameters["warning"]
+    plain = method.predict(model, card, image, torch.device("cpu"), threshold=0.3)  # a given threshold: plain mask
+    np.testing.assert_array_equal(plain.mask, (plain.probability >= 0.3).astype(np.uint8))
+    with pytest.raises(LesionDetectError, match="tta"):
+        method.predict(model, card, image, torch.device("cpu"), flips=True)
+
+
+def test_a_four_d_series_is_a_clear_error():
+    method, model, card = tiny_model_and_card()
+    series = sitk.JoinSeries([sitk.GetImageFromArray(flair_like_head())] * 2)
+    assert series.GetDimension() == 4
+    with pytest.raises(LesionDetectError, match="4-D"):
+        method.predict(model, card, series, torch.device("cpu"))
+
+
+def test_shipped_model_card_is_complete_and_matches_its_weights():
+    from LesionDetectLib.models import read_card, sha256_of, shipped_model_dir
+
+    folder = shipped_model_dir("ms-flair-fcn")
+    if folder is None:
+        pytest.skip("no shipped ms-flair-fcn model")
+    folder, card = read_card(folder)
+    weights = folder / card.weights_file
+    assert weights.stat().st_size <= 20 * 2**20
+    assert sha256_of(weights) == card.weights_sha256 and card.model_id.endswith(card.weights_sha256[:8])
+    # both operating points and the lesion rule chosen on the training cases
+    assert {"pixel", "lesion", "component"} <= set(card.thresholds)
+    assert card.config["operating_point"] == "lesion" and card.config["min_lesion_mm3"] >= 0
+    assert card.config["component_score"] in ("max", "mean")
+    # training data, licence, intended use, failure modes
+    training = card.training
+    assert "CC-BY" in training["data"] and "MSLesSeg not used" in training["data"]
+    assert training["licence"] and training["intended_use"] and "Small plaques" in training["known_failure_modes"]
+    # metrics on every real case (saying which were in training), held-out synthetic heads and the demo study
+    metrics = card.metrics
+    assert metrics["key_metric"] == "mslesseg_P18.lesion_f1"
+    assert metrics["mslesseg_P18"]["in_training"] is False
+    assert metrics["open_ms_data_patient07"]["in_training"] is True
+    assert any(k.startswith("synthetic") and not v["in_training"] for k, v in metrics.items() if isinstance(v, dict))
+    demo = [v for k, v in metrics.items() if k.startswith("demo_study")]
+    assert demo and demo[0]["lesion_f1"] >= 0.7  # issue #17's target on the demo's own study
+    for row in (v for v in metrics.values() if isinstance(v, dict)):
+        assert {"dice", "lesion_f1", "by_size"} <= set(row) and "dice" in row["pixel_operating_point"]
+
+
+def test_shipped_model_tiny_inference():
+    from LesionDetectLib.models import shipped_model_dir
+    from LesionDetectLib.training import load_trained
+
+    folder = shipped_model_dir("ms-flair-fcn")
+    if folder is None:
+        pytest.skip("no shipped ms-flair-fcn model")
+    method, model, card, device = load_trained(folder, device="cpu")
+    image = sitk.GetImageFromArray(flair_like_head())
+    pred = method.predict(model, card, image, device)
+    assert pred.mask.shape == (40, 64, 64) and 0 <= pred.probability.min() and pred.probability.max() <= 1
+    params = pred.provenance.parameters
+    assert params["operating_point"] == "lesion" and params["input_check"]["looks_like_flair"]
+    volumes = [b.extra["volume_mm3"] for b in pred.boxes]
+    assert all(v >= card.config["min_lesion_mm3"] for v in volumes)

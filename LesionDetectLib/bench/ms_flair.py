@@ -1,4 +1,5 @@
-"""ms-flair-fcn: seconds per 182 x 218 x 182 volume and per 448 x 512 slice, training tiles per second.
+"""ms-flair-fcn: seconds per 182 x 218 x 182 volume (with and without TTA) and per 448 x 512 slice,
+training tiles per second.
 
 The whole predict path, with the shipped model (or the untrained default when none ships)
 and the paper's network in the same run, plus peak memory.
@@ -75,6 +76,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     method.predict(model, card, one_slice, cpu)  # warm-up
     results["slice_s"] = round(median_seconds(lambda: method.predict(model, card, one_slice, cpu), repeats), 4)
     results["volume_s"] = round(median_seconds(lambda: method.predict(model, card, volume, cpu), min(2, repeats)), 3)
+    # test-time augmentation (four in-plane flips, inference option `tta`): its cost
+    results["volume_tta_s"] = round(median_seconds(lambda: method.predict(model, card, volume, cpu, tta=True), 1), 3)
     results["train_tiles_per_s"] = round(_train_rate(method, dict(card.config), steps), 1)
     results["paper_slice_s"] = round(median_seconds(lambda: method.predict(paper_model, paper_card, one_slice, cpu),
                                                     repeats), 4)

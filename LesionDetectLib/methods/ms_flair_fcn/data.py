@@ -3,7 +3,9 @@
 Slices are taken along the image's axial direction whatever its storage order, resampled to
 the model's spacing (ModelGrid, which also maps probabilities back onto the input's grid).
 Intensities are divided by the median of the Otsu foreground (brain dominates it in raw and
-skull-stripped FLAIR alike).  Training tiles follow the paper: one tile centred on every 2-D
+skull-stripped FLAIR alike) or, with `normalisation: wm_peak`, by its white-matter peak; strong
+intensity (gamma, contrast, bias field, blur, noise) and spatial (rotation, scaling) augmentation
+of the tiles is optional (config augment_*).  Training tiles follow the paper: one tile centred on every 2-D
 plaque, plus lesion-free tiles drawn by brightness x contrast (the areas that cause false
 positives); tiles are cut once with a margin and randomly cropped and flipped per draw.
 """
@@ -15,6 +17,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+FLAIR_UPPER_SHARE_MIN = 0.05  # see flair_check
+
 
 def axial_axis(image: sitk.Image) -> int:
     """The index axis (0=x, 1=y, 2=z) whose direction is closest to the patient's S axis."""
@@ -68,19 +73,74 @@ class ModelGrid:
         return sitk.GetArrayFromImage(out)
 
 
-def normalise(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(intensities / foreground median clipped to [0, 5], foreground mask) — see the module notes."""
-    volume = np.asarray(volume, dtype=np.float32)
+def _otsu_foreground(volume: np.ndarray) -> np.ndarray:
     otsu = sitk.OtsuThresholdImageFilter()
     otsu.SetInsideValue(0)
     otsu.SetOutsideValue(1)
     foreground = sitk.GetArrayFromImage(otsu.Execute(sitk.GetImageFromArray(volume))).astype(bool)
     if not foreground.any():
         foreground = volume > volume.min()
-    scale = float(np.median(volume[foreground])) if foreground.any() else 0.0
+    return foreground
+
+
+def histogram_peak(values: np.ndarray, bins: int = 256) -> float:
+    """The mode of `values` (smoothed histogram between their 1st and 99th percentiles): in
+    FLAIR the white-matter peak, white matter being the largest tissue of a brain or head."""
+    from scipy.ndimage import gaussian_filter1d
+
+    values = np.asarray(values, dtype=np.float32)
+    if values.size == 0:
+        return 0.0
+    low, high = np.percentile(values, [1, 99])
+    if not high > low:
+        return float(np.median(values))
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    smooth = gaussian_filter1d(counts.astype(float), 3)
+    k = int(np.argmax(smooth))
+    return float(0.5 * (edges[k] + edges[k + 1]))
+
+
+def normalise(volume: np.ndarray, mode: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """(intensities / reference clipped to [0, 5], foreground mask), the foreground being the
+    Otsu foreground of the volume (the brain of a skull-stripped scan, the head of a raw one).
+
+    mode "median": the reference is the foreground median (the original recipe).
+    mode "wm_peak": the reference is the white-matter peak, the mode of the foreground
+    histogram (`histogram_peak`), so normal white matter lands at 1.0 whatever the scanner,
+    the skull stripping and the lesion load (the median moves with both)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    foreground = _otsu_foreground(volume)
+    if mode not in ("median", "wm_peak"):
+        raise ValueError(f"unknown normalisation {mode!r}; use median or wm_peak")
+    scale = 0.0
+    if foreground.any():
+        values = volume[foreground]
+        scale = float(np.median(values)) if mode == "median" else histogram_peak(values)
     if not np.isfinite(scale) or scale <= 0:
         scale = float(np.abs(volume).max()) or 1.0
     return np.clip(volume / scale, 0.0, 5.0), foreground
+
+
+def flair_check(volume: np.ndarray, foreground: np.ndarray) -> dict[str, Any]:
+    """Does a normalised volume (white-matter peak 1) look like FLAIR?  In FLAIR grey matter,
+    plaques, scalp fat are brighter than white matter, so a good share of the foreground lies
+    above the peak (`upper_share`: foreground fraction above 1.15x the peak; 0.08-0.35
+    measured on the shared FLAIR cases, the raw scanner FLAIR and synthetic heads), while in
+    T1 white matter is the brightest tissue and almost nothing lies above it.  Returns
+    {"upper_share", "looks_like_flair", "warning"}.  Scale-invariant: `volume` may be scaled
+    by any positive factor."""
+    sub = (slice(None, None, 2),) * volume.ndim  # every 8th voxel is plenty for a histogram
+    volume, foreground = volume[sub], foreground[sub]
+    values = volume[foreground] if foreground.any() else volume.ravel()
+    peak = histogram_peak(values) if values.size else 0.0
+    upper = float(np.mean(values > 1.15 * peak)) if values.size and peak > 0 else 0.0
+    ok = upper >= FLAIR_UPPER_SHARE_MIN
+    warning = "" if ok else (
+        f"the intensities do not look like FLAIR: only {100 * upper:.1f} % of the foreground is brighter than "
+        f"white matter (FLAIR: {100 * FLAIR_UPPER_SHARE_MIN:.0f} % or more; grey matter and plaques are brighter "
+        "than white matter in FLAIR, not in T1); check that the input is a FLAIR series - the lesion map is "
+        "unreliable")
+    return {"upper_share": round(upper, 4), "looks_like_flair": ok, "warning": warning}
 
 
 def foreground_box(foreground: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
@@ -113,9 +173,10 @@ class TileSet(torch.utils.data.Dataset):
     their share of the stored tiles (lesion oversampling)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, tile: int, augment: bool, intensity: float,
-                 draws: int | None = None, lesion_fraction: float | None = None):
+                 draws: int | None = None, lesion_fraction: float | None = None, strong: dict | None = None):
         self.images, self.labels = images, labels
         self.tile, self.augment, self.intensity = tile, augment, intensity
+        self.strong = {k: float(v) for k, v in (strong or {}).items() if v}  # see augment_tile
         self.draws, self.lesion_fraction = draws, lesion_fraction
         has_lesion = labels.reshape(len(labels), -1).any(axis=1) if len(labels) else np.zeros(0, bool)
         self.positive, self.negative = np.nonzero(has_lesion)[0], np.nonzero(~has_lesion)[0]
@@ -136,6 +197,8 @@ class TileSet(torch.utils.data.Dataset):
         i = self._pick(i)
         image, label = self.images[i], self.labels[i]
         margin = (image.shape[-1] - self.tile) // 2
+        if self.augment and self.strong.get("spatial"):
+            image, label = spatial_augment(image, label, self.strong["spatial"])
         if self.augment:
             oy, ox = np.random.randint(0, 2 * margin + 1, size=2)
         else:
@@ -150,7 +213,61 @@ class TileSet(torch.utils.data.Dataset):
             if np.random.rand() < 0.5:
                 image, label = image.transpose(0, 2, 1), label.T
             image = image * np.float32(1 + np.random.uniform(-self.intensity, self.intensity))
+            if self.strong:
+                image = intensity_augment(image, self.strong)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(label))[None]
+
+
+def spatial_augment(image: np.ndarray, label: np.ndarray, amount: float) -> tuple[np.ndarray, np.ndarray]:
+    """A random in-plane rotation (up to 45 x `amount` degrees) and scaling (1 +- 0.3 x
+    `amount`) of a (channels, y, x) tile and its label, about the tile centre."""
+    from scipy.ndimage import affine_transform
+
+    angle = np.deg2rad(np.random.uniform(-45, 45) * amount)
+    scale = 1 + np.random.uniform(-0.3, 0.3) * amount
+    c, s_ = np.cos(angle), np.sin(angle)
+    matrix = np.array([[c, -s_], [s_, c]]) / scale
+    centre = (np.asarray(label.shape, float) - 1) / 2
+    offset = centre - matrix @ centre
+    out = np.stack([affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0) for ch in image])
+    lab = affine_transform(label.astype(np.float32), matrix, offset, order=1, mode="constant", cval=0.0) > 0.5
+    return out.astype(np.float32), lab.astype(np.uint8)
+
+
+def intensity_augment(image: np.ndarray, strong: dict) -> np.ndarray:
+    """Scanner- and centre-like intensity changes of a normalised (white matter ~1) tile,
+    each drawn independently:
+        gamma: x -> x ** g, log g uniform in +-gamma (changes plaque and grey-matter contrast
+               while white matter stays near 1);
+        contrast: (x - 1) * c + 1 inside the tissue, c in 1 +- contrast;
+        bias: a smooth multiplicative field (a random linear + quadratic ramp, +- bias);
+        blur: with probability 0.3, an in-plane Gaussian blur of sigma up to `blur` pixels
+              (thicker slices, other resolution);
+        noise: Gaussian noise of standard deviation up to `noise`."""
+    from scipy.ndimage import gaussian_filter
+
+    image = np.asarray(image, dtype=np.float32)
+    tissue = image > 0.05
+    if strong.get("gamma"):
+        g = np.float32(np.exp(np.random.uniform(-strong["gamma"], strong["gamma"])))
+        image = np.power(np.clip(image, 0, None), g)
+    if strong.get("contrast"):
+        c = np.float32(1 + np.random.uniform(-strong["contrast"], strong["contrast"]))
+        image = np.where(tissue, (image - 1) * c + 1, image)
+    if strong.get("bias"):
+        h, w = image.shape[-2:]
+        yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
+                             indexing="ij")
+        a = np.random.uniform(-1, 1, 5).astype(np.float32)
+        field = a[0] * yy + a[1] * xx + a[2] * yy * yy + a[3] * xx * xx + a[4] * xx * yy
+        field = 1 + strong["bias"] * field / max(1e-6, float(np.abs(field).max()))
+        image = image * field[None]
+    if strong.get("blur") and np.random.rand() < 0.3:
+        sigma = np.random.uniform(0.3, strong["blur"])
+        image = np.stack([gaussian_filter(ch, sigma) for ch in image])
+    if strong.get("noise"):
+        image = image + np.random.normal(0, np.random.uniform(0, strong["noise"]), image.shape).astype(np.float32)
+    return np.clip(image, 0.0, 5.0).astype(np.float32)
 
 
 def _crop(stack: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
