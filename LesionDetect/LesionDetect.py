@@ -135,6 +135,7 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._findings = []
+        self._summaryOf = None  # (method, model folder) the model summary label shows
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -206,6 +207,9 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        if self._summaryOf != (p.method, str(p.modelPath)):  # the active model's card, under the method selector
+            self._summaryOf = (p.method, str(p.modelPath))
+            self.ui.modelSummaryLabel.text = self.logic.modelSummary(p.method, p.modelPath)
         running = self.logic.isRunning()
         self.ui.applyButton.enabled = running or (p.inputVolume is not None and bool(p.method or self.logic.isSet(p.modelPath)))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
@@ -386,7 +390,7 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_ResultShownAndLiveControls, self.test_ExportCorrected, self.test_CancelLeavesScene,
-                     self.test_SampleStudy):
+                     self.test_SampleStudy, self.test_ModelSummary):
             self.setUp()
             test()
 
@@ -470,4 +474,11 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
         [node] = LesionDetectLogic().loadSampleStudy("liver-ct", size="small")
         expected = Geometry.of(synth.make_case("liver-ct", seed=0, index=0, size="small").image)
         self.assertTrue(convert.volume_geometry(node).same_grid(expected))
+        self.delayDisplay("Test passed")
+
+    def test_ModelSummary(self):
+        self.delayDisplay("The model summary shown under the method selector")
+        logic = LesionDetectLogic()
+        for method in logic.methodNames():  # a shipped model's card, or the note that none ships
+            self.assertIn(method, logic.modelSummary(method))
         self.delayDisplay("Test passed")

@@ -46,6 +46,10 @@ class ModelCard:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     lesiondetect_version: str = __version__
 
+    def summary(self) -> str:
+        """What a user deciding to run this model needs, in a few lines (`card_summary`)."""
+        return "\n".join(card_summary(self))
+
 
 def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -231,4 +235,160 @@ def _config_problems(config: dict, defaults: dict, prefix: str) -> list[str]:
                 problems.append(f"{name} is {value!r}; expected an object")
             else:
                 problems += _config_problems(value, default, name + ".")
+    return problems
+
+
+# --- what a card tells the user ----------------------------------------------------------------
+#
+# The card's user-facing facts live in `training` (free text, as the shipped-model scripts
+# write them): "data" (what it was trained on: synthetic / real, which), "licence",
+# "intended_use", "known_failure_modes"; and `metrics`: one object per evaluation set
+# ({"what": ..., "auc": ..., ...}), or plain numbers for one set.  Optional, structured:
+# training["synthetic_only"] (true/false) overrides the reading of the data text, and
+# metrics["key_metric"] = "<set>.<metric>" names the number a summary shows.
+
+CARD_FACTS = ("data", "licence", "intended_use", "known_failure_modes")  # the training texts a shipped card states
+SYNTHETIC_WORDS = re.compile(r"synthetic|phantom|simulated|generated|LesionDetectLib\.synth", re.I)
+# real data: the word itself, or the name of a real set (those in ../shared/data and the papers' sets)
+REAL_DATA_WORDS = re.compile(r"\breal\b|open_ms_data|mslesseg|msseg|bs-?80k|blds|crlm|mirp|totalsegmentator|\blits\b|"
+                             r"deeplesion|3d-?ircadb|\bmsd\b|\btcia\b", re.I)
+NEGATED_REAL = re.compile(r"\b(?:no|not|without|never|none)\s+(?:[\w-]+\s+){0,3}?real\b", re.I)  # "no real data"
+# which number is "the" metric: lesion-level detection first, then ranking, overlap, accuracy
+KEY_METRICS = (("lesion_f1", "lesion F1"), ("froc_mean", "mean FROC sensitivity"), ("auc", "AUC"),
+               ("average_precision", "average precision"), ("dice", "Dice"), ("f1", "F1"), ("f", "F-score"),
+               ("accuracy", "accuracy"), ("recall", "recall"), ("sensitivity", "sensitivity"))
+LESION_COUNTS = ("found", "lesions")  # a set holding these counted lesions: its "f1" is the lesion-level F1
+
+
+def names_real_data(text: str) -> bool:
+    """Whether `text` names real (patient) data: the word "real" (not negated: "no real data"
+    does not count) or the name of a real set."""
+    return bool(REAL_DATA_WORDS.search(NEGATED_REAL.sub(" ", text)))
+
+
+def _training(card: ModelCard) -> dict:
+    return card.training if isinstance(card.training, dict) else {}
+
+
+def training_data_text(card: ModelCard) -> str:
+    """What the model was trained on, in the card's words: training.data, else the dataset's
+    name; "" when the card does not say."""
+    training = _training(card)
+    for key in ("data", "dataset"):
+        if isinstance(training.get(key), str) and training[key].strip():
+            return " ".join(training[key].split())
+    return ""
+
+
+def trained_on_synthetic_only(card: ModelCard) -> bool:
+    """True when the card says the model saw synthetic data only.
+
+    The rule: training.synthetic_only when it is true or false; otherwise the data text
+    (training.data and training.dataset together) names synthetic data ("synthetic",
+    "phantom", "simulated", "generated") and no real data (the word "real", or the name of a
+    real set such as open_ms_data, BS-80K, BLDS, DeepLesion, LiTS).  A card that says nothing
+    about its data is not called synthetic-only (there is nothing to base the notice on)."""
+    training = _training(card)
+    flag = training.get("synthetic_only")
+    if isinstance(flag, bool):
+        return flag
+    text = " ".join(str(training.get(key) or "") for key in ("data", "dataset"))
+    return bool(SYNTHETIC_WORDS.search(text)) and not names_real_data(text)
+
+
+def synthetic_notice(card: ModelCard) -> str | None:
+    """The one-line notice `infer` prints for a model trained only on synthetic data, else None."""
+    if not trained_on_synthetic_only(card):
+        return None
+    return (f"notice: model {card.model_id or card.method} was trained on synthetic data only; its findings on "
+            "real images are not validated (research use; see its model card)")
+
+
+def key_metric(card: ModelCard) -> tuple[str, str, float] | None:
+    """(label, evaluation set, value) of the number that sums the card's metrics up.
+
+    metrics.key_metric ("<set>.<metric>") when the card names one; else the first of
+    KEY_METRICS (a set's "f1" counts as "lesion_f1" when the set counted lesions: "found" /
+    "lesions") in the sets measured on real data (name or "what" names real data and the name
+    does not start with "synthetic"), then in the other sets, the demo study's last."""
+    metrics = card.metrics if isinstance(card.metrics, dict) else {}
+    sets = {name: m for name, m in metrics.items() if isinstance(m, dict)}
+    flat = {k: v for k, v in metrics.items() if _is_number(v)}
+    if flat:
+        sets = {"": flat, **sets}
+    labels = dict(KEY_METRICS)
+    chosen = metrics.get("key_metric")
+    if isinstance(chosen, str) and "." in chosen:
+        name, _, path = chosen.partition(".")
+        value, parent = sets.get(name, {}), {}
+        for part in path.split("."):
+            parent, value = value, value.get(part) if isinstance(value, dict) else None
+        if _is_number(value):
+            key = path.rsplit(".", 1)[-1]
+            counted = key == "f1" and any(k in parent for k in LESION_COUNTS)
+            label = labels["lesion_f1" if counted else key] if key in labels else key
+            inner = path.rsplit(".", 1)[0].replace(".", " ") if "." in path else ""
+            return (f"{label} ({inner})" if inner else label), name, float(value)
+
+    def rank(item) -> int:
+        name, m = item
+        if names_real_data(f"{name} {m.get('what', '')}") and not name.startswith("synthetic"):
+            return 0
+        return 2 if name.startswith("demo") else 1
+
+    def value_of(m: dict, key: str):
+        if key == "lesion_f1" and not _is_number(m.get(key)) and any(k in m for k in LESION_COUNTS):
+            key = "f1"
+        return m.get(key)
+
+    ordered = sorted(sets.items(), key=rank)
+    for group in sorted({rank(item) for item in ordered}):
+        for key, label in KEY_METRICS:
+            for name, m in ordered:
+                if rank((name, m)) != group:
+                    continue
+                if _is_number(value_of(m, key)):
+                    return label, name, float(value_of(m, key))
+                for inner, value in _nested_numbers(m, key):  # e.g. {"slice": {"bone_quality": {"accuracy": ..}}}
+                    return f"{label} ({inner})", name, value
+    return None
+
+
+def _nested_numbers(m: dict, key: str, prefix: str = ""):
+    """(path of the dicts above, value) of every number named `key` below the top level of `m`."""
+    for name, value in m.items():
+        if isinstance(value, dict):
+            path = f"{prefix} {name}".strip()
+            if _is_number(value.get(key)):
+                yield path, float(value[key])
+            yield from _nested_numbers(value, key, path)
+
+
+def card_summary(card: ModelCard) -> list[str]:
+    """The card in a few lines: method, version and id; training data; key metric; and for a
+    synthetic-only model, that it is one."""
+    lines = [f"{card.method} model, version {card.version}" + (f" ({card.model_id})" if card.model_id else "")]
+    data = training_data_text(card)
+    lines.append(f"trained on: {data or 'not stated in the model card'}")
+    metric = key_metric(card)
+    if metric is not None:
+        label, where, value = metric
+        lines.append(f"key metric: {label} {value:.3f}" + (f" ({where.replace('_', ' ')})" if where else ""))
+    else:
+        lines.append("key metric: none recorded in the model card")
+    if trained_on_synthetic_only(card):
+        lines.append("trained on synthetic data only: research use, not validated on real images")
+    return lines
+
+
+def card_fact_problems(card: ModelCard) -> list[str]:
+    """What a shipped card fails to state: each of CARD_FACTS as non-empty text in `training`,
+    at least one measured set in `metrics`, and the sha256 of its weights."""
+    training = _training(card)
+    problems = [f"training.{key} is missing or empty" for key in CARD_FACTS
+                if not (isinstance(training.get(key), str) and training[key].strip())]
+    if key_metric(card) is None:
+        problems.append("metrics holds no measured number (" + ", ".join(k for k, _ in KEY_METRICS[:4]) + ", ...)")
+    if not (isinstance(card.weights_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", card.weights_sha256)):
+        problems.append("weights_sha256 is missing")
     return problems

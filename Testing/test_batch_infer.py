@@ -146,7 +146,9 @@ def test_folder_with_a_corrupt_file_goes_on_and_reruns_never_overwrite(tmp_path,
         pred = read_prediction(out / row["result"])
         assert row["error"] == "" and row["view"] == ""
         assert float(row["probability"]) == pytest.approx(summary_probability(pred), abs=1e-5)
-        assert float(row["threshold"]) == pytest.approx(card["thresholds"]["pixel"], abs=1e-5)
+        # the threshold of the card's operating point (lesion level or pixel level)
+        point = card["config"].get("operating_point", "pixel")
+        assert float(row["threshold"]) == pytest.approx(card["thresholds"][point], abs=1e-5) == pred.threshold
         assert row["decision"] == ("positive" if float(row["probability"]) >= float(row["threshold"]) else "negative")
         assert row["model_id"] == card["model_id"] and int(row["findings"]) == len(pred.boxes) + len(pred.points)
         assert pred.provenance.input == row["input"]

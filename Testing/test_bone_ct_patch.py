@@ -197,6 +197,19 @@ def test_dense_network_reproduces_the_patch_network_on_one_patch(stride):
     assert out.shape == (1, 3, 2)
 
 
+def test_dense_network_folds_batch_norm_exactly():
+    torch.manual_seed(0)
+    model = network.PatchNet(config(batch_norm=True, context_pixels=32))
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # as if trained
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    hu = torch.randn(2, 1, 96, 96) * 400 + 200
+    dense = network.DenseNet(model, 8, 32).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(dense(hu)[:, 4, 4], model(hu), atol=1e-4)
+
+
 # --- dense parsing -----------------------------------------------------------------------------------------
 
 def _noise_slice(seed=0, shape=(70, 80)):
@@ -624,3 +637,81 @@ def test_hard_epochs_keep_the_lr_schedule_and_a_resumed_run_records_one_mining(t
     assert len([h for h in history if "hard_examples" in h]) == 1
     lrs = [h["lr"] for h in history if "lr" in h]
     assert lrs[0] > lrs[1] > lrs[2] > 0
+
+
+# --- lesion-mask sampling, components, the shipped model --------------------------------------------
+
+def test_mask_sampling_puts_positives_inside_lesions_and_negatives_clear_of_them():
+    bone = np.zeros((6, 40, 40), np.uint8)
+    bone[:, 5:35, 5:35] = 1
+    lesion = np.zeros_like(bone)
+    lesion[2:4, 10:14, 10:14] = 1
+    lesion[2:4, 25:28, 25:28] = 1
+    rng = np.random.default_rng(0)
+    centres, labels, angles, mirror = patches.mask_training_positions(
+        bone, lesion, (1.0, 1.0, 2.0), rng, per_lesion=5, negatives_per_positive=2.0, margin_mm=3.0,
+        near_fraction=0.5, near_mm=5.0)
+    pos, neg = centres[labels == 1].astype(int), centres[labels == 0].astype(int)
+    assert len(pos) == 10 and len(neg) == 20 and len(angles) == len(mirror) == 30
+    assert lesion[tuple(pos.T)].all()
+    dist = np.array([np.min(np.linalg.norm((np.argwhere(lesion) - n) * [2.0, 1.0, 1.0], axis=1)) for n in neg])
+    assert (dist >= 3.0).all() and (dist < 8.0).sum() >= 10  # half from the shell beside the lesions
+    assert bone[tuple(neg.T)].all()
+
+
+def test_components_drop_small_regions_and_score_by_max_or_mean():
+    prob = np.zeros((4, 30, 30), np.float32)
+    prob[1:3, 5:10, 5:10] = 0.6
+    prob[1, 7, 7] = 0.9  # a big region with a peak
+    prob[2, 20:22, 20:22] = 0.95  # a small one: 4 voxels = 4 mm^3 at 1 mm
+    geometry = Geometry(size=(30, 30, 4), spacing=(1.0, 1.0, 1.0), origin=(5.0, -3.0, 2.0))
+    mask, centres, scores = parsing.lesion_components(prob, geometry.spacing, 0.5, 0.0, "max")
+    assert len(scores) == 2 and scores[0] == pytest.approx(0.95) and mask.sum() == 54
+    mask, centres, scores = parsing.lesion_components(prob, geometry.spacing, 0.5, 10.0, "mean")
+    assert len(scores) == 1 and scores[0] == pytest.approx((49 * 0.6 + 0.9) / 50) and mask.sum() == 50
+    np.testing.assert_allclose(centres[0], [1.5, 7.0, 7.0], atol=0.05)
+    points, mask = parsing.find_component_candidates(prob, geometry, 0.5, 10.0, "max", 10)
+    assert len(points) == 1 and points[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(points[0].position, geometry.index_to_lps(np.array([[7.0, 7.0, 1.5]]))[0], atol=0.1)
+    with pytest.raises(LesionDetectError, match="component_score"):
+        parsing.lesion_components(prob, geometry.spacing, 0.5, 0.0, "median")
+
+
+def test_shipped_model_card_is_complete_small_and_verified():
+    from LesionDetectLib.models import (card_fact_problems, card_problems, read_card, sha256_of, shipped_model_dir,
+                                        trained_on_synthetic_only)
+
+    folder = shipped_model_dir("bone-ct-patch")
+    assert folder is not None, "Resources/models/bone-ct-patch must ship"
+    _, card = read_card(folder)
+    weights = folder / card.weights_file
+    assert weights.stat().st_size <= 20 * 2 ** 20 and sha256_of(weights) == card.weights_sha256
+    assert card.method == "bone-ct-patch" and card.modality == "CT"
+    assert card_problems(card, get_method("bone-ct-patch").defaults) == []
+    assert card_fact_problems(card) == [] and trained_on_synthetic_only(card)
+    for key in ("data", "licence", "intended_use", "known_failure_modes"):
+        assert isinstance(card.training[key], str) and card.training[key]
+    assert "synthetic" in card.training["intended_use"] and "synthetic" in card.training["data"]
+    assert card.config["candidates"] == "components" and card.config["component_score"] in ("max", "mean")
+    assert card.config["min_lesion_mm3"] >= 0 and 0 < card.thresholds["lesion"] < 1
+    for name in ("synthetic_heldout", "demo_study", "real_blds"):
+        m = card.metrics[name]
+        assert m["what"] and 0 <= m["f1"] <= 1 and m["found"] + m["missed"] == m["lesions"]
+
+
+def test_shipped_model_runs_through_infer_without_model(tmp_path, run_cli):
+    from LesionDetectLib.models import read_card, shipped_model_dir
+    from LesionDetectLib.synth import generate
+
+    if shipped_model_dir("bone-ct-patch") is None:
+        pytest.skip("no bone-ct-patch model shipped")
+    study = generate("bone-ct", tmp_path / "study", cases=1, seed=3, size="small")
+    image = next((study / "images").iterdir())
+    code, out, err = run_cli("infer", "--method", "bone-ct-patch", "--input", image, "--out", tmp_path / "pred")
+    assert code == 0, err
+    pred = read_prediction(tmp_path / "pred")
+    card = read_card(shipped_model_dir("bone-ct-patch"))[1]
+    assert pred.provenance.model_id == card.model_id
+    assert pred.provenance.parameters["candidates"] == "components"
+    assert pred.probability.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
+    assert all(p.score >= card.thresholds["lesion"] for p in pred.points)

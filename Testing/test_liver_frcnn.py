@@ -514,3 +514,77 @@ def test_training_sees_key_slices_on_the_grid_inference_detects_on(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
     with pytest.raises(LesionDetectError, match=r"sag\.nrrd.*not an axial slice"):
         case_stacks(load_dataset(tmp_path).cases[2], cfg)
+
+
+# --- the small detector and the shipped model ----------------------------------------------------------
+
+def test_small_detector_config_is_small_and_detects():
+    from pathlib import Path
+
+    from LesionDetectLib.training import merge_config, read_config
+
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "configs" / "liver-frcnn"
+    config = merge_config(get_method("liver-frcnn").defaults, read_config(folder / "shipped.json"))
+    model = get_method("liver-frcnn").build_model(config)
+    state = model.state_dict()
+    assert sum(v.numel() * v.element_size() for v in state.values()) <= 20 * 2 ** 20
+    assert not any(k.startswith("backbone.body.layer3") or k.startswith("backbone.body.layer4") for k in state)
+    assert model.backbone.out_channels == 64 and model.roi_heads.box_head.fc7.out_features == 256
+    # six anchor sizes on three maps, two per map
+    assert model.rpn.anchor_generator.sizes == ((8, 12), (16, 24), (32, 48))
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 96)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_shipped_model_card_is_complete_small_and_verified():
+    from LesionDetectLib.models import (card_fact_problems, card_problems, read_card, sha256_of, shipped_model_dir,
+                                        trained_on_synthetic_only)
+
+    folder = shipped_model_dir("liver-frcnn")
+    if folder is None:
+        pytest.skip("no liver-frcnn model shipped")
+    _, card = read_card(folder)
+    weights = folder / card.weights_file
+    assert weights.stat().st_size <= 20 * 2 ** 20 and sha256_of(weights) == card.weights_sha256
+    assert card.method == "liver-frcnn" and card.modality == "CT"
+    assert card_problems(card, get_method("liver-frcnn").defaults) == []
+    assert card_fact_problems(card) == [] and trained_on_synthetic_only(card)
+    for key in ("data", "licence", "intended_use", "known_failure_modes"):
+        assert isinstance(card.training[key], str) and card.training[key]
+    assert "synthetic" in card.training["intended_use"] and "no labelled real liver CT" in card.training["data"]
+    assert 0 < card.thresholds["score"] < 1 and card.config["min_box_mm"] >= 0
+    for name in ("synthetic_heldout", "demo_study"):
+        m = card.metrics[name]
+        assert m["what"] and 0 <= m["f1"] <= 1 and m["found"] + m["missed"] == m["lesions"]
+    assert "froc" in card.metrics["synthetic_heldout_key_slices"]
+
+
+def test_shipped_models_together_stay_under_60_mb():
+    from LesionDetectLib.models import shipped_model_dir
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "Resources" / "models"
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert shipped_model_dir("ms-flair-fcn") is not None
+    assert total <= 60 * 2 ** 20
+
+
+def test_shipped_model_runs_through_infer_without_model(tmp_path, run_cli):
+    from LesionDetectLib.models import read_card, shipped_model_dir
+    from LesionDetectLib.prediction import read_prediction
+    from LesionDetectLib.synth import generate
+
+    if shipped_model_dir("liver-frcnn") is None:
+        pytest.skip("no liver-frcnn model shipped")
+    study = generate("liver-ct", tmp_path / "study", cases=1, seed=3, size="small")
+    image = next((study / "images").iterdir())
+    code, out, err = run_cli("infer", "--method", "liver-frcnn", "--input", image, "--out", tmp_path / "pred")
+    assert code == 0, err
+    pred = read_prediction(tmp_path / "pred")
+    card = read_card(shipped_model_dir("liver-frcnn"))[1]
+    assert pred.provenance.model_id == card.model_id
+    assert pred.provenance.parameters["min_box_mm"] == card.config["min_box_mm"]
+    assert all(b.score >= card.thresholds["score"] for b in pred.boxes)

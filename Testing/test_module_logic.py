@@ -389,6 +389,40 @@ def test_method_names_are_read_from_the_library(mrml, tmp_path):
     assert {"bone-ct-patch", "liver-frcnn", "ms-flair-fcn"} <= set(names)
 
 
+def test_model_summary_under_the_method_selector(mrml, tmp_path, monkeypatch):
+    """The text the panel shows under the method selector: the active model's card summary."""
+    import json
+
+    from LesionDetectLib import models
+    from LesionDetectMRML.logic import model_summary_text
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({
+        "method": "bone-ct-patch", "modality": "CT", "config": {}, "version": "2", "model_id": "bone-ct-patch-2-ab",
+        "training": {"data": "600 synthetic bone-ct studies"}, "metrics": {"synthetic_test": {"lesion_f1": 0.81}}}))
+    logic = _logic(mrml, tmp_path)
+    text = logic.modelSummary("ms-flair-fcn", model)  # a chosen model folder wins over the method's shipped one
+    assert text.splitlines() == ["bone-ct-patch model, version 2 (bone-ct-patch-2-ab)",
+                                 "trained on: 600 synthetic bone-ct studies",
+                                 "key metric: lesion F1 0.810 (synthetic test)",
+                                 "trained on synthetic data only: research use, not validated on real images"]
+    (model / "model.json").write_text("{")
+    assert model_summary_text("bone-ct-patch", model).startswith("The model card cannot be read:")
+    assert model_summary_text("", None) == "Choose a method."
+    for method in logic.methodNames():  # each method: its shipped model's card, or that none ships
+        assert method in logic.modelSummary(method, None)
+    monkeypatch.setattr(models, "shipped_model_dir", lambda method: None)
+    assert model_summary_text("liver-frcnn", "") == ("No model is shipped for liver-frcnn: train one and choose its "
+                                                     "folder below.")
+    monkeypatch.setattr(models, "shipped_model_dir", lambda method: model.parent / "shipped")
+    (model.parent / "shipped").mkdir()
+    (model.parent / "shipped" / "model.json").write_text(json.dumps({
+        "method": "liver-frcnn", "modality": "CT", "config": {}, "training": {"data": "real LiTS scans"}}))
+    assert model_summary_text("liver-frcnn", ".").splitlines() == [  # "." is how an empty path reads back
+        "liver-frcnn model, version 1", "trained on: real LiTS scans", "key metric: none recorded in the model card"]
+
+
 # --- dependencies for Slicer's Python ------------------------------------------------------
 
 REQUIREMENTS = dependencies.read_requirements()

@@ -63,6 +63,29 @@ def default_library_parent() -> Path:
     return Path(spec.origin).resolve().parents[1]
 
 
+def model_summary_text(method: str | None, model_path=None) -> str:
+    """What the module shows under the method selector: the active model's card summary
+    (method, version, training data, key metric; LesionDetectLib.models.card_summary) for the
+    model folder `model_path` when set, else for the model shipped for `method`.  Reads only the
+    card (standard library), so it works before torch is installed; a problem is the text."""
+    from LesionDetectLib.errors import LesionDetectError
+    from LesionDetectLib.models import card_summary, read_card, shipped_model_dir
+
+    if DetectionLogic.isSet(model_path):
+        source = Path(model_path)
+    elif method:
+        source = shipped_model_dir(method)
+        if source is None:
+            return f"No model is shipped for {method}: train one and choose its folder below."
+    else:
+        return "Choose a method."
+    try:
+        _, card = read_card(source)
+    except LesionDetectError as exc:
+        return f"The model card cannot be read: {exc}"
+    return "\n".join(card_summary(card))
+
+
 def _in_scene(node):
     """`node` while it is still in a scene (the user may have deleted it), else None."""
     return node if node is not None and node.GetScene() is not None else None
@@ -121,6 +144,10 @@ class DetectionLogic:
 
     def ensureDependencies(self) -> None:
         """Install what LesionDetectLib needs; nothing to do outside Slicer (the environment has it)."""
+
+    def modelSummary(self, method=None, model=None) -> str:
+        """The active model's summary for the panel (`model_summary_text`)."""
+        return model_summary_text(method, model)
 
     # --- running the detector -----------------------------------------------------------
 

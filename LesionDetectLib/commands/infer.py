@@ -51,6 +51,12 @@ def add_parser(sub) -> None:
                    help="run although the input does not look like the method's modality (e.g. a CT without its HU "
                         "rescale); the prediction's provenance records what was overridden. Damaged, non-finite or "
                         "wrongly shaped images are refused all the same")
+    from ..gate import NAN_FILL_MAX_FRACTION, nan_fill_value
+    p.add_argument("--nan-fill", type=nan_fill_value, metavar="VALUE",
+                   help=f"replace NaN voxels (at most {NAN_FILL_MAX_FRACTION * 100:g} %% of the image) by VALUE (a "
+                        "number, e.g. -1000 for air in a CT, or 'min': the image's smallest other value) instead of "
+                        "refusing the image; the prediction's provenance records it. Infinite values are refused "
+                        "all the same")
     p.set_defaults(func=run)
 
 
@@ -66,6 +72,13 @@ def resolve_model(args) -> Path:
 
 
 def run(args) -> int:
+    from ..gate import allow_nan_fill
+
+    with allow_nan_fill(args.nan_fill):  # images read meanwhile get their NaN replaced (gate.fill_nan)
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..files import check_out_dir
 
     check_out_dir(args.out, inputs=[args.input])  # before any work
@@ -104,6 +117,9 @@ def _predict(method, model, card, image, device, options, path, view, forced):
         pred.provenance.parameters["view"] = view
     if forced:
         pred.provenance.parameters["forced"] = forced  # what --force overrode, for whoever reads the result
+    from ..gate import nan_fill_record
+    if nan_fill_record(image):
+        pred.provenance.parameters["nan_fill"] = nan_fill_record(image)  # what --nan-fill replaced
     return pred
 
 
@@ -113,6 +129,7 @@ def _load(args):
     from .train import parse_key_values
 
     method, model, card, device = load_trained(resolve_model(args), device=args.device)
+    print_synthetic_notice(card)
     options = parse_key_values(args.set)  # inference options: the method checks them, not the trainer
     method.check_inference_options(options)
     if args.threshold is not None:
@@ -121,6 +138,16 @@ def _load(args):
                                     "and 1")
         options["threshold"] = args.threshold
     return method, model, card, device, options
+
+
+def print_synthetic_notice(card) -> None:
+    """One line on stderr when the model was trained on synthetic data only (the rule:
+    models.trained_on_synthetic_only); stdout keeps the written paths only."""
+    from ..models import synthetic_notice
+
+    notice = synthetic_notice(card)
+    if notice:
+        print(f"lesiondetect: {notice}", file=sys.stderr)
 
 
 # --- what a batch is ---------------------------------------------------------------------------

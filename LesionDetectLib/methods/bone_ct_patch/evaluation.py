@@ -76,3 +76,18 @@ def table2(metrics: dict) -> str:
             else:
                 out.append(f"  {name:{w}s} mean {row['froc_mean']:.3f} ± {row.get('froc_mean_sd', 0):.3f}")
     return "\n".join(out)
+
+
+def lesion_f1(fp_scores, lesion_scores, threshold: float) -> dict:
+    """Lesion-level counts and F1 at one operating threshold, from `match_detections`' output:
+    a lesion is found when a detection scoring >= threshold hits it; a false detection counts
+    when it scores >= threshold and hits no lesion.  (Further hits on a found lesion are
+    neither, as in the shared matching.)"""
+    found = sum(s is not None and s >= threshold for s in lesion_scores)
+    false = sum(s >= threshold for s in fp_scores)
+    missed = len(lesion_scores) - found
+    precision = found / (found + false) if found + false else 0.0
+    recall = found / len(lesion_scores) if len(lesion_scores) else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"lesion_threshold": float(threshold), "found": int(found), "missed": int(missed),
+            "false": int(false), "lesion_precision": precision, "lesion_recall": recall, "lesion_f1": f1}

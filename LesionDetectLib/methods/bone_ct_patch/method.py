@@ -21,7 +21,7 @@ import torch
 
 from ... import markups
 from ...dataset import Dataset, cases_for, read_mask, split_cases
-from ...errors import input_error
+from ...errors import LesionDetectError, input_error
 from ...geometry import Geometry
 from ...models import ModelCard
 from ...prediction import Prediction, Provenance
@@ -54,6 +54,14 @@ class BoneCTPatch(Method):
         # the classifier accepts a lesion off its patch centre, as the parsing grid sees most
         # lesions (grid nodes 3.75 mm apart are up to 2.65 mm from a lesion centre)
         "positive_shift_mm": 0.0,
+        # "centre" (the paper): positives at annotated lesion centres; "mask" (not in the paper):
+        # positives anywhere inside the lesion mask and negatives at least `negative_margin_mm`
+        # from it, `near_negative_fraction` of them within `near_negative_mm` beyond that
+        # margin, so the parsed map reads as a segmentation (data.mask_training_positions)
+        "positive_sampling": "centre",
+        "negative_margin_mm": 3.0,
+        "near_negative_fraction": 0.0,
+        "near_negative_mm": 10.0,
         "encoding": "3c",
         "grey_window": [-500.0, 1500.0],
         "windows_3c": {"low": [-1000.0, 100.0], "high": [400.0, 2000.0], "soft": [100.0, 400.0]},
@@ -65,6 +73,7 @@ class BoneCTPatch(Method):
         # network
         "width": 1.0,
         "context_pixels": 0,  # image around the patch the classifier sees (network.py); paper: 0
+        "batch_norm": False,  # VGG-16-BN (not in the paper): from-scratch training in few steps
         "fc_hidden": [256, 256],
         "dropout": 0.5,
         "pretrained": False,
@@ -89,6 +98,13 @@ class BoneCTPatch(Method):
         "parse_precision": "float32",
         "candidate_radius_mm": 10.0,
         "max_candidates": 200,
+        # "peaks": candidates are the map's local maxima (the default); "components": connected
+        # regions of the map >= the card's "lesion" threshold (else "patch"), those under
+        # `min_lesion_mm3` dropped, each scored by the max or mean probability
+        # (`component_score`) and placed at its probability-weighted centroid
+        "candidates": "peaks",
+        "min_lesion_mm3": 0.0,
+        "component_score": "max",
         # lesion-level evaluation
         "evaluate_volumes": True,
         "froc_min_score": 0.05,
@@ -100,6 +116,10 @@ class BoneCTPatch(Method):
         return network.build(config, pretrained)
 
     # --- data -----------------------------------------------------------------------------
+    def lesion_mask(self, case, geometry: Geometry) -> np.ndarray | None:
+        """The case's lesion mask (zyx, any label > 0 is lesion), None when it has none."""
+        return None if case.mask is None else (read_mask(case.mask, geometry) > 0).astype(np.uint8)
+
     def load_case(self, case, config) -> tuple[np.ndarray, np.ndarray, Geometry, np.ndarray]:
         """(HU zyx, bone mask zyx, geometry, lesion centres as continuous zyx indices)."""
         image = require_scalar_volume(read_image(case.image), case.image)
@@ -126,10 +146,22 @@ class BoneCTPatch(Method):
         for case in cases:
             hu, bone, geometry, lesions = self.load_case(case, config)
             rng = np.random.default_rng([seed, zlib.crc32(case.id.encode())])
-            centres, labels, angles, mirror = data.training_positions(
-                bone, lesions, geometry.spacing, rng, int(config["augment"]),
-                float(config["negatives_per_positive"]), float(config["patch_mm"]), float(config["exclusion_z_mm"]),
-                float(config.get("positive_shift_mm", 0.0)))
+            sampling = config.get("positive_sampling", "centre")
+            if sampling not in ("centre", "mask"):
+                raise input_error(case.image, f"positive_sampling must be centre or mask, not {sampling!r}")
+            mask = self.lesion_mask(case, geometry) if sampling == "mask" else None
+            if sampling == "mask" and mask is None:
+                raise input_error(case.image, "has no lesion mask, which positive_sampling 'mask' needs")
+            if mask is not None:
+                centres, labels, angles, mirror = data.mask_training_positions(
+                    bone, mask, geometry.spacing, rng, int(config["augment"]),
+                    float(config["negatives_per_positive"]), float(config["negative_margin_mm"]),
+                    float(config["near_negative_fraction"]), float(config["near_negative_mm"]))
+            else:
+                centres, labels, angles, mirror = data.training_positions(
+                    bone, lesions, geometry.spacing, rng, int(config["augment"]),
+                    float(config["negatives_per_positive"]), float(config["patch_mm"]),
+                    float(config["exclusion_z_mm"]), float(config.get("positive_shift_mm", 0.0)))
             if len(centres) == 0:
                 continue
             all_patches.append(data.extract_patches(hu, geometry.spacing, centres, float(config["patch_mm"]),
@@ -215,17 +247,41 @@ class BoneCTPatch(Method):
         geometry = Geometry.of(image)
         hu = data.hu_array(image)
         bone = bone_mask if bone_mask is not None else self.bone_mask(hu, geometry, config)
-        threshold = float(card.thresholds.get("patch", 0.5) if threshold is None else threshold)
+        threshold = self.default_threshold(card) if threshold is None else float(threshold)
         prob = self.parse(model, config, hu, bone, geometry, device)
-        points = parsing.find_candidates(prob, geometry, threshold, float(config["candidate_radius_mm"]),
-                                         int(config["max_candidates"]))
+        points, mask = self.candidates(prob, geometry, config, threshold)
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"threshold": threshold, "experiment": config.get("experiment"),
                                             "bone_mask": "given" if bone_mask is not None else "from HU",
                                             **{k: config[k] for k in ("patch_mm", "patch_pixels", "context_pixels",
                                                                       "encoding", *PARSE_OPTIONS)}})
+        if config.get("candidates", "peaks") == "components":
+            provenance.parameters.update({k: config[k] for k in ("candidates", "min_lesion_mm3", "component_score")})
         return Prediction(geometry=geometry, provenance=provenance, probability=prob,
-                          mask=(prob >= threshold).astype(np.uint8), threshold=threshold, points=points)
+                          mask=mask, threshold=threshold, points=points)
+
+    @staticmethod
+    def default_threshold(card: ModelCard) -> float:
+        """The card's lesion threshold: "lesion" (chosen on volumes) when the card has one, else
+        the patch threshold "patch", else 0.5."""
+        return float(card.thresholds.get("lesion", card.thresholds.get("patch", 0.5)))
+
+    @staticmethod
+    def candidates(prob: np.ndarray, geometry: Geometry, config: dict, threshold: float
+                   ) -> tuple[list[LesionPoint], np.ndarray]:
+        """(lesion points, mask) from a parsed map by the config's `candidates` rule: "peaks"
+        (local maxima >= threshold; mask = map >= threshold) or "components" (connected
+        regions >= threshold of at least `min_lesion_mm3`, scored by `component_score`;
+        mask = the kept regions)."""
+        rule = config.get("candidates", "peaks")
+        if rule == "components":
+            return parsing.find_component_candidates(prob, geometry, threshold, float(config["min_lesion_mm3"]),
+                                                     str(config["component_score"]), int(config["max_candidates"]))
+        if rule != "peaks":
+            raise LesionDetectError(f"candidates must be peaks or components, not {rule!r}")
+        points = parsing.find_candidates(prob, geometry, threshold, float(config["candidate_radius_mm"]),
+                                         int(config["max_candidates"]))
+        return points, (prob >= threshold).astype(np.uint8)
 
     def evaluate(self, model, card, dataset, device, split: str = "test", **options):
         config = card.config
@@ -247,12 +303,15 @@ class BoneCTPatch(Method):
         """FROC of `predict`'s candidates (down to `froc_min_score`) against the cases' lesion
         boxes, or lesion points when a case has no boxes."""
         config = card.config
+        operating = self.default_threshold(card)
+        # peaks: every local maximum down to froc_min_score; components: the regions at the
+        # card's threshold (a lower one would merge neighbours), ranked by their scores
+        low = operating if config.get("candidates", "peaks") == "components" else float(config["froc_min_score"])
         fp_scores, lesion_scores, per_case = [], [], {}
         for case in cases:
             image = require_scalar_volume(read_image(case.image), case.image)
             bone = read_mask(case.roi, Geometry.of(image)) if case.roi is not None else None
-            candidates = self.predict(model, card, image, device, threshold=float(config["froc_min_score"]),
-                                      bone_mask=bone).points
+            candidates = self.predict(model, card, image, device, threshold=low, bone_mask=bone).points
             if case.boxes is not None:
                 lesions = markups.read_boxes(case.boxes)
             else:
@@ -264,7 +323,7 @@ class BoneCTPatch(Method):
             per_case[case.id] = {"lesions": len(lesions), "candidates": len(candidates),
                                  "detected": sum(b is not None for b in best)}
         summary = froc_summary(fp_scores, lesion_scores, n_images=len(cases))
-        return {"froc": summary["froc"], "froc_mean": summary["froc_mean"], "lesions": summary["lesions"],
+        return {**evaluation.lesion_f1(fp_scores, lesion_scores, operating), "froc": summary["froc"], "froc_mean": summary["froc_mean"], "lesions": summary["lesions"],
                 "volumes": summary["images"], "curve": summary["curve"], "per_case": per_case}
 
     def combine(self, runs: list[dict]) -> dict:

@@ -84,7 +84,10 @@ class PatchNet(nn.Module):
                 raise LesionDetectError(f"{key} must be a multiple of 32 (VGG-16 pools five times), not {value}")
         self.context_cells, self.cells = context // 32, pixels // 32
         self.encoder = HUEncoder(config["encoding"], config["grey_window"], config["windows_3c"])
-        self.features = make_layers(vgg_layer_config(float(config.get("width", 1.0))))
+        # batch_norm (not in the paper; VGG-16-BN): trains a narrow VGG from scratch in a few
+        # hundred steps; the dense form folds each BatchNorm into its convolution
+        self.features = make_layers(vgg_layer_config(float(config.get("width", 1.0))),
+                                    batch_norm=bool(config.get("batch_norm", False)))
         for conv in self.features:
             if isinstance(conv, nn.Conv2d):  # torchvision VGG's initialisation (He, fan-out): without
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # it, 13 layers
@@ -130,7 +133,7 @@ def load_imagenet_features(model: PatchNet, path=None) -> None:
 
 def freeze_first_convs(model: PatchNet, n: int) -> None:
     """Freeze the first `n` convolution layers (the paper freezes "the first six layers")."""
-    for conv in [m for m in model.features if isinstance(m, nn.Conv2d)][:n]:
+    for conv in [m for m in model.features if isinstance(m, nn.Conv2d)][:n]:  # (their BN layers still adapt)
         for p in conv.parameters():
             p.requires_grad_(False)
 
@@ -156,6 +159,8 @@ class DenseNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 self.convs.append(m)
                 self.steps.append(("conv", len(self.convs) - 1, d))
+            elif isinstance(m, nn.BatchNorm2d):  # VGG-16-BN: folded into the convolution before it
+                self.convs[-1] = fold_batch_norm(self.convs[-1], m)
             elif isinstance(m, nn.MaxPool2d):
                 if i in dense_pools:
                     self.steps.append(("pool1", None, d))
@@ -191,6 +196,18 @@ class DenseNet(nn.Module):
             if n < len(self.fc_weights) - 1:
                 x = F.relu(x, inplace=True)
         return x[:, 0]
+
+
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution computing conv followed by bn in eval mode (its running statistics)."""
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded.weight.copy_(conv.weight * scale[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return folded.requires_grad_(False)
 
 
 def dense_flops(net: DenseNet, height: int, width: int) -> float:

@@ -252,3 +252,38 @@ def find_candidates(prob: np.ndarray, geometry: Geometry, min_score: float, radi
         return []
     lps = geometry.index_to_lps(positions[:, ::-1].astype(float))
     return [LesionPoint(position=p, score=float(s)) for p, s in zip(lps, scores)]
+
+
+def lesion_components(prob: np.ndarray, spacing_xyz, threshold: float, min_mm3: float, score: str = "max"
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept-component mask (z, y, x) uint8, centres zyx (n, 3) continuous, scores (n,)) of the
+    map's connected regions >= `threshold` (face connectivity) of at least `min_mm3`, each
+    scored by the `score` ("max" or "mean") of its probabilities and placed at its
+    probability-weighted centroid; highest score first."""
+    if score not in ("max", "mean"):
+        raise LesionDetectError(f"component_score must be max or mean, not {score!r}")
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    labels, n = ndimage.label(prob >= threshold)
+    if n == 0:
+        return np.zeros(prob.shape, np.uint8), np.zeros((0, 3)), np.zeros(0, np.float32)
+    index = np.arange(1, n + 1)
+    volume = np.bincount(labels.ravel(), minlength=n + 1)[1:] * (sx * sy * sz)
+    keep = volume >= float(min_mm3)
+    reduce = ndimage.maximum if score == "max" else ndimage.mean
+    scores = np.asarray(reduce(prob, labels, index), np.float32).reshape(-1)
+    centres = np.array(ndimage.center_of_mass(prob, labels, index), dtype=float).reshape(-1, 3)
+    mask = np.concatenate([[False], keep])[labels].astype(np.uint8)
+    order = np.argsort(-scores[keep], kind="stable")
+    return mask, centres[keep][order], scores[keep][order]
+
+
+def find_component_candidates(prob: np.ndarray, geometry: Geometry, threshold: float, min_mm3: float,
+                              score: str, max_candidates: int) -> tuple[list[LesionPoint], np.ndarray]:
+    """(lesion points, kept-component mask): `lesion_components` as points in LPS, at most
+    `max_candidates`."""
+    mask, centres, scores = lesion_components(prob, geometry.spacing, threshold, min_mm3, score)
+    centres, scores = centres[:max_candidates], scores[:max_candidates]
+    if len(centres) == 0:
+        return [], mask
+    lps = geometry.index_to_lps(centres[:, ::-1])
+    return [LesionPoint(position=p, score=float(s)) for p, s in zip(lps, scores)], mask

@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "pretrained": False,
     "pretrained_source": "imagenet",
     "trainable_layers": 3,
+    # a small detector (the shipped model; Resources/configs/liver-frcnn/shipped.json): the ResNet
+    # cut after this many stages (4 = whole), FPN channels, width of the two-layer box head
+    "backbone_stages": 4,
+    "fpn_channels": 256,
+    "box_head_size": 1024,
     "window": [-160.0, 240.0],
     "neighbour_mm": 2.0,
     "image_size": 512,
@@ -78,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "link_iou": 0.3,
     "nms_iou_3d": 0.3,
     "max_boxes": 50,
+    # 3-D lesions whose in-plane box is smaller than this (mm, the shorter side) are dropped
+    "min_box_mm": 0.0,
     "calibrate_fp_per_image": 1.0,
     # evaluation
     "eval_iou": 0.5,
@@ -172,10 +179,13 @@ class LiverFasterRCNN(Method):
                 linker.add(k, boxes, scores)
         boxes = chains_to_boxes(linker.finish(), geometry, float(config["nms_iou_3d"]), threshold,
                                 int(config["max_boxes"]))
+        min_mm = float(config.get("min_box_mm", 0.0))
+        if min_mm > 0:
+            boxes = [b for b in boxes if min(float(b.size[0]), float(b.size[1])) >= min_mm]
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"threshold": threshold, "slices": [chosen[0], chosen[-1]],
                                             "window": config["window"], "neighbour_mm": config["neighbour_mm"],
-                                            "backbone": config["backbone"]})
+                                            "backbone": config["backbone"], "min_box_mm": min_mm})
         return Prediction(geometry=Geometry.of(image), provenance=provenance, threshold=threshold, boxes=boxes)
 
     def evaluate(self, model, card, dataset, device, split="test", **options):

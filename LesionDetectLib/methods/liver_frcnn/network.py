@@ -56,10 +56,22 @@ def build_faster_rcnn(config: dict[str, Any], pretrained: bool) -> nn.Module:
     sizes = tuple(int(s) for s in config["anchor_sizes"])
     ratios = tuple(float(r) for r in config["aspect_ratios"])
     roi_pool = None
+    stages = int(config.get("backbone_stages", 4))
+    fpn_channels = int(config.get("fpn_channels", 256))
     if name in ("resnet50", "resnet18"):
+        if not 1 <= stages <= 4:
+            raise LesionDetectError(f"backbone_stages must be 1 to 4 (ResNet stages kept), not {stages}")
         layers = int(config["trainable_layers"]) if transfer else 5
-        backbone = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm, trainable_layers=layers)
-        n_maps = 5  # FPN levels P2..P6: one anchor size per level, as the paper's five sizes
+        # backbone_stages < 4: the ResNet cut after that stage (the later, widest stages are
+        # never built), FPN on the stages kept; fpn_channels narrows the FPN (a small model)
+        backbone = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm, trainable_layers=layers,
+                                       returned_layers=list(range(1, stages + 1)))
+        if fpn_channels != backbone.out_channels:
+            backbone = _narrow_fpn(backbone, name, stages, fpn_channels)
+        n_maps = stages + 1  # FPN levels P2.. plus the max-pooled top: 5 maps for the paper's five sizes
+        if stages < 4:
+            roi_pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(stages)], output_size=7,
+                                          sampling_ratio=2)
     elif name == "mobilenet_v3_large":
         layers = int(config["trainable_layers"]) if transfer else 6
         backbone = mobilenet_backbone(backbone_name=name, weights=None, fpn=True, norm_layer=norm,
@@ -74,12 +86,23 @@ def build_faster_rcnn(config: dict[str, Any], pretrained: bool) -> nn.Module:
         roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     if n_maps == len(sizes):
         anchor_sizes = tuple((s,) for s in sizes)
-    else:  # fewer maps than sizes: every size on every map (same anchor count per location)
+    elif len(sizes) % n_maps == 0:  # e.g. six sizes on three maps: the smallest two on the finest map
+        per = len(sizes) // n_maps
+        anchor_sizes = tuple(sizes[i * per:(i + 1) * per] for i in range(n_maps))
+    else:  # every size on every map (same anchor count per location)
         anchor_sizes = (sizes,) * n_maps
     anchors = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=(ratios,) * n_maps)
     size = int(config["image_size"])
+    box_head = box_predictor = None
+    head_size = int(config.get("box_head_size", 1024))
+    if head_size != 1024:  # torchvision's TwoMLPHead is 1024 wide: most of a small detector's weights
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+        box_head = TwoMLPHead(backbone.out_channels * 7 * 7, head_size)
+        box_predictor = FastRCNNPredictor(head_size, 2)
     model = FasterRCNN(
-        backbone, num_classes=2, rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
+        backbone, num_classes=None if box_predictor is not None else 2, rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool, box_head=box_head, box_predictor=box_predictor,
         min_size=size, max_size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         rpn_pre_nms_top_n_test=int(config["rpn_proposals_test"]),
         rpn_post_nms_top_n_test=int(config["rpn_proposals_test"]),
@@ -93,6 +116,19 @@ def build_faster_rcnn(config: dict[str, Any], pretrained: bool) -> nn.Module:
     if pretrained:
         _load_frcnn_pretrained(model, config)
     return model
+
+
+def _narrow_fpn(backbone: nn.Module, name: str, stages: int, channels: int) -> nn.Module:
+    """The same ResNet body with an FPN of `channels` channels instead of 256."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    widest = 512 if name == "resnet18" else 2048
+    in_channels = [widest // 2 ** (4 - i) for i in range(1, stages + 1)]
+    return_layers = {f"layer{i}": str(i - 1) for i in range(1, stages + 1)}
+    narrow = BackboneWithFPN(backbone.body, return_layers, in_channels, channels, extra_blocks=LastLevelMaxPool())
+    narrow.body = backbone.body  # the body already cut (IntermediateLayerGetter), frozen as configured
+    return narrow
 
 
 def _load_frcnn_pretrained(model: nn.Module, config: dict[str, Any]) -> None:

@@ -158,14 +158,16 @@ def slice_targets(case) -> tuple[list[int], list[int], list[int], list[str]]:
 
 
 class SliceSet(torch.utils.data.Dataset):
-    """Labelled slice crops in memory: (image (1, S, S), bone quality id, posterolateral id).
-    Training augmentation: left-right flips (labels unchanged: unilateral stays unilateral),
-    shifts of up to `augment_shift` pixels and a small intensity scaling."""
+    """Labelled slice crops in memory: (image (1, S, S), bone quality id, posterolateral id,
+    bone-quality class weight, posterolateral class weight).  Training augmentation: left-right
+    flips (labels unchanged: unilateral stays unilateral), shifts of up to `augment_shift`
+    pixels and a small intensity scaling."""
 
     def __init__(self, images: torch.Tensor, quality: torch.Tensor, side: torch.Tensor, augment: dict | None = None,
-                 keys: list[tuple[str, int, str]] | None = None):
+                 keys: list[tuple[str, int, str]] | None = None, weights: tuple[dict, dict] | None = None):
         self.images, self.quality, self.side, self.augment = images, quality, side, augment
         self.keys = keys or []  # (case id, slice index, vertebra) of each sample
+        self.weights = weights or ({}, {})  # {class id: weight} of bone quality and of posterolateral
 
     def __len__(self) -> int:
         return len(self.quality)
@@ -180,4 +182,18 @@ class SliceSet(torch.utils.data.Dataset):
                 dy, dx = (int(v) for v in torch.randint(-shift, shift + 1, (2,)))
                 image = torch.roll(image, (dy, dx), dims=(-2, -1))
             image = image * (1 + float(self.augment["augment_intensity"]) * (2 * torch.rand(()) - 1))
-        return image, self.quality[i], self.side[i]
+        q, s = int(self.quality[i]), int(self.side[i])
+        return image, self.quality[i], self.side[i], self.weights[0].get(q, 1.0), self.weights[1].get(s, 1.0)
+
+
+def class_weights(labels: np.ndarray, classes: int, balance: str) -> dict[int, float]:
+    """{class id: weight}: "loss" weighs every class present equally in the loss (n / (K n_c),
+    mean 1 over the samples), so the rare mixed and posterolateral classes are learnt too;
+    "none" weighs every sample 1."""
+    if balance == "none":
+        return {}
+    if balance != "loss":
+        raise ValueError(f"unknown class_balance {balance!r}; use loss or none")
+    counts = np.bincount(np.asarray(labels, int), minlength=classes)
+    present = int((counts > 0).sum())
+    return {c: len(labels) / (present * int(n)) for c, n in enumerate(counts) if n > 0}

@@ -35,8 +35,8 @@ from ...prediction import ClassResult, LesionPoint, Prediction, Provenance
 from ...progress import progress
 from ..base import Method
 from . import evaluation, network
-from .data import (BONE_QUALITY, POSTEROLATERAL, SliceSet, axial_volume, check_axial, crop_slices, slice_targets,
-                   spine_centres)
+from .data import (BONE_QUALITY, POSTEROLATERAL, SliceSet, axial_volume, check_axial, class_weights, crop_slices,
+                   slice_targets, spine_centres)
 from .vertebrae import read_segmentation, split_along_z, vote
 
 # the settings a slice crop depends on, and the crops of the cases read so far
@@ -74,6 +74,9 @@ class SpineMTL(Method):
         "augment_shift": 6,
         "augment_intensity": 0.1,
         "normal_per_lesion": 1.0,  # sub-sampling of normal slices in training (<= 0: keep all)
+        # "loss": each bone-quality and posterolateral class weighs the same in the loss (the rare
+        # mixed, unilateral and bilateral slices were never predicted without it) | "none" (the paper)
+        "class_balance": "loss",
         "split": {"train": 0.85, "val": 0.15},
         "split_seed": 0,
         # vertebra level (vertebrae.py); the vote's minimum lengths are chosen on training data
@@ -159,17 +162,22 @@ class SpineMTL(Method):
             n = min(len(normal), max(1, int(round(ratio * len(lesion)))))
             normal = np.random.default_rng(seed).choice(normal, size=n, replace=False) if len(normal) else normal
             keep = np.sort(np.concatenate([normal, lesion]))
+        weights = (class_weights(quality[keep], 4, config["class_balance"]),
+                   class_weights(side[keep], 3, config["class_balance"])) if augment else None
         return SliceSet(images[keep].half(), torch.from_numpy(quality[keep]), torch.from_numpy(side[keep]),
-                        augment=config if augment else None, keys=[keys[i] for i in keep])
+                        augment=config if augment else None, keys=[keys[i] for i in keep], weights=weights)
 
     def training_data(self, dataset, config, seed):
         train = self.slice_set(self.cases(dataset, config, "train"), config, augment=True, seed=seed)
         val_cases = self.cases(dataset, config, "val")
-        return train, (self.slice_set(val_cases, config, augment=False) if val_cases else None)
+        val = self.slice_set(val_cases, config, augment=False) if val_cases else None
+        if val is not None:
+            val.weights = train.weights  # the validation loss weighs classes as training does
+        return train, val
 
     def batch_loss(self, model, batch, device):
         """One loss per sample (the trainer's self-paced learning picks the easy ones)."""
-        images, quality, side = (t.to(device) for t in batch)
+        images, quality, side, w_quality, w_side = (t.to(device) for t in batch)
         out = model(images.float(), with_features=model.sharing == "soft")
         weights = model_weights(model, self._config(model))
         smooth = self._config(model).get("label_smoothing", 0.0)
@@ -178,13 +186,14 @@ class SpineMTL(Method):
             return F.cross_entropy(logits, target, reduction="none", label_smoothing=float(smooth))
 
         loss = torch.zeros(len(quality), device=device)
+        w_quality, w_side = w_quality.float(), w_side.float()  # the samples' class weights
         if "blastic" in model.heads:
-            loss = loss + weights["blastic"] * ce(out["blastic"], ((quality == 1) | (quality == 2)).long())
-            loss = loss + weights["lytic"] * ce(out["lytic"], ((quality == 3) | (quality == 2)).long())
+            loss = loss + weights["blastic"] * w_quality * ce(out["blastic"], ((quality == 1) | (quality == 2)).long())
+            loss = loss + weights["lytic"] * w_quality * ce(out["lytic"], ((quality == 3) | (quality == 2)).long())
         if model.sharing == "single" or model.use_mlp:  # a learnt 4-way output has its own loss
-            loss = loss + weights["bone_quality"] * ce(out["bone_quality"], quality)
+            loss = loss + weights["bone_quality"] * w_quality * ce(out["bone_quality"], quality)
         if model.use_pi:
-            loss = loss + weights["posterolateral"] * ce(out["posterolateral"], side)
+            loss = loss + weights["posterolateral"] * w_side * ce(out["posterolateral"], side)
         if model.sharing == "soft":
             loss = loss + network.soft_sharing_penalty(out["features"], self._config(model)["soft_sharing_weights"])
         return loss
