@@ -11,6 +11,7 @@ Files written by `write_prediction(pred, out_dir)` (all opened by Slicer as they
   boxes.mrk.json     ROI markups, one per box, score as a measurement
   points.mrk.json    fiducial markups, one control point per lesion candidate
   classes.json/.csv  image- or slice-level class probabilities
+  regions.seg.nrrd   labelled regions (e.g. involved vertebrae, one segment each, coloured by type)
   prediction.json    manifest: provenance, geometry, threshold, what was written
 """
 
@@ -42,6 +43,7 @@ FILES = {
     "points": "points.mrk.json",
     "classes_json": "classes.json",
     "classes_csv": "classes.csv",
+    "regions": "regions.seg.nrrd",
 }
 
 
@@ -57,6 +59,16 @@ class Provenance:
 
 
 @dataclass
+class Region:
+    """A labelled region of the image: the voxels of `Prediction.regions` equal to `value`,
+    shown as one segment named `name` in `color` (RGB 0-1), e.g. "L2: lytic, bilateral"."""
+
+    value: int
+    name: str
+    color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass
 class Prediction:
     geometry: Geometry
     provenance: Provenance
@@ -66,9 +78,11 @@ class Prediction:
     points: list[LesionPoint] = field(default_factory=list)
     boxes: list[LesionBox] = field(default_factory=list)
     classes: list[ClassResult] = field(default_factory=list)
+    regions: np.ndarray | None = None  # uint16 (z, y, x) label map of `region_names`' values (0 = none)
+    region_names: list[Region] = field(default_factory=list)
 
     def __post_init__(self):
-        for name in ("probability", "mask"):
+        for name in ("probability", "mask", "regions"):
             arr = getattr(self, name)
             if arr is not None and arr.shape != self.geometry.shape:
                 raise ValueError(f"{name} shape {arr.shape} differs from the geometry's (z, y, x) {self.geometry.shape}")
@@ -76,6 +90,8 @@ class Prediction:
             self.probability = np.asarray(self.probability, dtype=np.float32)
         if self.mask is not None:
             self.mask = (np.asarray(self.mask) > 0).astype(np.uint8)
+        if self.regions is not None:
+            self.regions = np.asarray(self.regions).astype(np.uint16)
 
     def thresholded(self, threshold: float) -> np.ndarray:
         """The mask at another threshold (probability >= threshold), without rerunning a model."""
@@ -132,7 +148,7 @@ def write_prediction(pred: Prediction, out_dir: str | os.PathLike, overwrite: bo
 def expected_bytes(pred: Prediction) -> int:
     """An upper bound of what `write_prediction` writes: the arrays uncompressed, 1 KiB per
     finding and 64 KiB for the manifest and headers."""
-    arrays = sum(a.nbytes for a in (pred.probability, pred.mask) if a is not None)
+    arrays = sum(a.nbytes for a in (pred.probability, pred.mask, pred.regions) if a is not None)
     return int(arrays + 1024 * (len(pred.points) + len(pred.boxes) + 2 * len(pred.classes)) + 64 * 1024)
 
 
@@ -153,6 +169,10 @@ def _write_parts(pred: Prediction, out: Path) -> dict[str, Path]:
         segment = segnrrd.lesion_segment()
         written["mask"] = segnrrd.write_segmentation(out / FILES["mask"], pred.mask, pred.geometry, [segment])
         fault_point("mask")
+    if pred.regions is not None and pred.region_names:
+        segments = [segnrrd.Segment(id=f"region{r.value}", name=r.name, label_value=r.value, color=r.color,
+                                    terminology="", status="inprogress") for r in pred.region_names]
+        written["regions"] = segnrrd.write_segmentation(out / FILES["regions"], pred.regions, pred.geometry, segments)
     if pred.boxes:
         written["boxes"] = markups.write_boxes(out / FILES["boxes"], pred.boxes)
     if pred.points:
@@ -194,6 +214,12 @@ def read_prediction(out_dir: str | os.PathLike) -> Prediction:
     if "mask" in files:
         seg = segnrrd.read_segmentation(out / files["mask"])
         pred.mask = seg.mask(seg.segments[0].id, geometry).astype(np.uint8)
+    if "regions" in files:
+        seg = segnrrd.read_segmentation(out / files["regions"])
+        pred.regions = np.zeros(geometry.shape, np.uint16)
+        for segment in seg.segments:
+            pred.regions[seg.mask(segment.id, geometry) > 0] = segment.label_value
+            pred.region_names.append(Region(segment.label_value, segment.name, tuple(segment.color)))
     if "boxes" in files:
         pred.boxes = markups.read_boxes(out / files["boxes"])
     if "points" in files:

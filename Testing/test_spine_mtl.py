@@ -19,6 +19,7 @@ from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.methods import get_method
 from LesionDetectLib.methods.spine_mtl import evaluation, network
+from LesionDetectLib.methods.spine_mtl import method as method_module
 from LesionDetectLib.methods.spine_mtl.data import axial_volume, crop_slices, spine_centres
 from LesionDetectLib.methods.spine_mtl.vertebrae import read_segmentation, split_along_z, vertebra_name, vote
 from LesionDetectLib.training import reduce_loss, self_paced_lambda
@@ -264,10 +265,17 @@ def test_train_infer_evaluate_end_to_end(spine_data, tmp_path, run_cli):
     assert "bone quality at slice level" in out and "SE_N" in out
 
 
-def test_a_given_segmentation_names_the_vertebrae_and_masks_the_involved_ones(tiny_model, tmp_path):
+def test_a_given_segmentation_names_the_vertebrae_and_colours_the_involved_ones(tiny_model, tmp_path, monkeypatch):
     from LesionDetectLib.training import load_trained
 
     method, model, card, device = load_trained(tiny_model)
+
+    def lytic_below_slice_8(model, images, config, device):  # the network's answer, fixed: L1 lytic
+        quality = np.tile([0.9, 0.05, 0.0, 0.05], (len(images), 1))
+        quality[:8] = [0.05, 0.05, 0.1, 0.8]
+        return quality, np.tile([0.8, 0.1, 0.1], (len(images), 1))
+
+    monkeypatch.setattr(method, "slice_probabilities", lytic_below_slice_8)
     case = synth.make_case("spine-ct", seed=1, index=0, size="small")
     labels = np.zeros(case.roi.shape, np.uint8)
     labels[:8, 20:44, 20:44] = 31
@@ -275,9 +283,20 @@ def test_a_given_segmentation_names_the_vertebrae_and_masks_the_involved_ones(ti
     sitk.WriteImage(_label_image(case, labels), str(tmp_path / "ts.nii.gz"))
     pred = method.predict(model, card, case.image, device, vertebrae=str(tmp_path / "ts.nii.gz"))
     assert [p.label.split(":")[0] for p in pred.points] == ["T12", "L1"]
-    assert pred.mask is not None and pred.mask.shape == case.roi.shape
-    involved = [p for p in pred.points if not p.label.endswith("normal")]
-    assert (pred.mask.sum() > 0) == bool(involved)
+    involved = [p.label for p in pred.points if not p.label.endswith(": normal")]
+    assert involved == ["L1: lytic"]
+    assert [r.name for r in pred.region_names] == involved and pred.mask is None
+    assert pred.regions.shape == case.roi.shape
+    for region in pred.region_names:  # each involved vertebra is its own segment, coloured by its type
+        assert (pred.regions == region.value).sum() == (labels == {"T12": 32, "L1": 31}[region.name[:3].rstrip(":")]).sum()
+        quality = region.name.split(": ")[1].split(",")[0]
+        assert region.color == method_module.TYPE_COLORS[quality]
+    from LesionDetectLib.prediction import read_prediction, write_prediction
+
+    write_prediction(pred, tmp_path / "p")
+    back = read_prediction(tmp_path / "p")
+    assert np.array_equal(back.regions, pred.regions)
+    assert [(r.value, r.name) for r in back.region_names] == [(r.value, r.name) for r in pred.region_names]
 
 
 def _soft_tissue_only() -> sitk.Image:
@@ -357,3 +376,27 @@ def test_in_slicer_the_slice_table_and_the_vertebra_points_show_and_read_back(ti
     assert labels == [p.label for p in pred.points]
     rows = overlay.findings(nodes, mrml.logic("Segmentations"))
     assert [r.name for r in rows if r.kind == "candidate"] == labels
+
+
+def test_in_slicer_the_involved_vertebrae_are_segments_coloured_by_type(tiny_model, mrml, tmp_path, monkeypatch):
+    from LesionDetectLib.training import load_trained
+    from LesionDetectMRML import convert, overlay
+
+    method, model, card, device = load_trained(tiny_model)
+    monkeypatch.setattr(method, "slice_probabilities", lambda m, images, c, d: (
+        np.tile([0.05, 0.8, 0.1, 0.05], (len(images), 1)), np.tile([0.1, 0.1, 0.8], (len(images), 1))))
+    case = synth.make_case("spine-ct", seed=1, index=0, size="small")
+    labels = np.zeros(case.roi.shape, np.uint8)
+    labels[:8, 20:44, 20:44] = 31
+    labels[8:, 20:44, 20:44] = 32
+    sitk.WriteImage(_label_image(case, labels), str(tmp_path / "ts.nii.gz"))
+    pred = method.predict(model, card, case.image, device, vertebrae=str(tmp_path / "ts.nii.gz"))
+    volume = convert.add_image_volume(mrml.scene, case.image, "spine CT")
+    nodes = overlay.add_prediction(mrml.scene, mrml.logic("Segmentations"), volume, pred)
+    segmentation = nodes.regions.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    assert names == ["T12: blastic, bilateral", "L1: blastic, bilateral"]
+    for n, region in enumerate(pred.region_names):
+        assert segmentation.GetNthSegment(n).GetColor() == pytest.approx(method_module.TYPE_COLORS["blastic"])
+        got = convert.segment_mask(nodes.regions, f"region{region.value}", volume, mrml.logic("Segmentations"))
+        assert np.array_equal(got > 0, pred.regions == region.value)

@@ -28,7 +28,7 @@ from LesionDetectLib.markups import SCORE_MEASUREMENT
 from LesionDetectLib.prediction import ClassResult, LesionBox, LesionPoint
 from LesionDetectLib.segnrrd import LESION_COLOR, LESION_TERMINOLOGY, lesion_segment
 
-ROLE_ATTRIBUTE = "LesionDetect.role"  # "probability", "segmentation", "box", "points", "classes"
+ROLE_ATTRIBUTE = "LesionDetect.role"  # "probability", "segmentation", "box", "points", "classes", "regions"
 LESION_SEGMENT_ID = lesion_segment().id
 HAND_PLACED_SCORE = 1.0
 HAND_PLACED_LABEL = "lesion"
@@ -142,6 +142,22 @@ def add_segmentation(scene, segmentations_logic, mask: np.ndarray, geometry: Geo
     segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)
     segment.SetTag("Segmentation.Status", status)
     set_segment_mask(seg_node, LESION_SEGMENT_ID, mask, geometry, segmentations_logic)
+    return seg_node
+
+
+def add_region_segmentation(scene, segmentations_logic, labels: np.ndarray, regions, geometry: Geometry,
+                            reference_volume, name: str = "Regions"):
+    """A segmentation node with one segment per `Region` (its name and colour; the voxels of
+    `labels` equal to its value), the reference volume as its geometry."""
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg_node.CreateDefaultDisplayNodes()
+    seg_node.GetDisplayNode().SetOpacity2DFill(SEGMENT_FILL_OPACITY)
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    seg_node.SetNodeReferenceID(seg_node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
+    for region in regions:
+        segment_id = f"region{region.value}"
+        seg_node.GetSegmentation().AddEmptySegment(segment_id, region.name, tuple(region.color))
+        set_segment_mask(seg_node, segment_id, np.asarray(labels) == region.value, geometry, segmentations_logic)
     return seg_node
 
 

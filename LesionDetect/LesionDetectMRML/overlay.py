@@ -34,10 +34,11 @@ class PredictionNodes:
     boxes: list = field(default_factory=list)
     points: object | None = None
     classes: object | None = None
+    regions: object | None = None  # labelled regions (e.g. involved vertebrae coloured by type)
     threshold: float | None = None
 
     def nodes(self) -> list:
-        return [n for n in (self.probability, self.segmentation, *self.boxes, self.points, self.classes)
+        return [n for n in (self.probability, self.segmentation, *self.boxes, self.points, self.classes, self.regions)
                 if n is not None]
 
 
@@ -71,6 +72,11 @@ def add_prediction(scene, segmentations_logic, input_volume, prediction: Predict
         nodes.points = convert.add_points(scene, prediction.points, name=f"{base} lesion points")
     if prediction.classes:
         nodes.classes = convert.add_class_table(scene, prediction.classes, name=f"{base} lesion classes")
+    if prediction.regions is not None and prediction.region_names:
+        nodes.regions = convert.add_region_segmentation(scene, segmentations_logic, prediction.regions,
+                                                        prediction.region_names, prediction.geometry, input_volume,
+                                                        name=f"{base} regions")
+        nodes.regions.SetAttribute(convert.ROLE_ATTRIBUTE, "regions")
     return nodes
 
 

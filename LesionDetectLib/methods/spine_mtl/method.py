@@ -14,7 +14,7 @@ What the user sees: a table with one row per slice (index, z in mm, the four bon
 and three posterolateral probabilities), one row per vertebra with its vote, and a labelled,
 scored point at each vertebral body ("L2: lytic, bilateral"; score = 1 - mean normal
 probability of its slices); with a vertebra segmentation, the involved vertebrae (any lesion
-type or posterolateral involvement) as the mask.
+type or posterolateral involvement) as labelled regions, one segment each coloured by type.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ...dataset import Dataset, cases_for, split_cases
 from ...errors import input_error
 from ...io import read_image
 from ...models import ModelCard
-from ...prediction import ClassResult, LesionPoint, Prediction, Provenance
+from ...prediction import ClassResult, LesionPoint, Prediction, Provenance, Region
 from ...progress import progress
 from ..base import Method
 from . import evaluation, network
@@ -42,6 +42,10 @@ from .vertebrae import read_segmentation, split_along_z, vote
 # the settings a slice crop depends on, and the crops of the cases read so far
 INPUT_KEYS = ("input_size", "crop_mm", "bone_hu", "bone_area", "bone_margin_mm", "window", "centre_radius_mm")
 _CROPS: dict[tuple, dict] = {}
+# an involved vertebra's segment colour by its bone quality (blastic bone-white, mixed orange,
+# lytic red; purple for posterolateral involvement alone)
+TYPE_COLORS = {"blastic": (0.95, 0.9, 0.55), "mixed": (0.95, 0.55, 0.15), "lytic": (0.85, 0.2, 0.2),
+               "normal": (0.6, 0.35, 0.8)}
 # the posterolateral classes as the user reads them (and as `is_negative_class` knows "no ...")
 PI_NAMES = {"normal": "no posterolateral involvement", "unilateral": "unilateral", "bilateral": "bilateral"}
 
@@ -289,7 +293,7 @@ class SpineMTL(Method):
             source = "built-in split along z"
         min_fraction = float(card.thresholds.get("vertebra_min_fraction", 0.0))
         pi_min_fraction = float(card.thresholds.get("vertebra_pi_min_fraction", 0.0))
-        points, mask = [], np.zeros(geometry.shape, np.uint8) if options.get("vertebrae") else None
+        points, regions, names = [], np.zeros(geometry.shape, np.uint16) if options.get("vertebrae") else None, []
         for n, v in enumerate(vertebrae):
             sel = np.asarray(v.slices)
             bone_quality, pi, fractions = vote(quality[sel].argmax(1), side[sel].argmax(1), min_fraction, pi_min_fraction)
@@ -300,14 +304,15 @@ class SpineMTL(Method):
             classes.append(ClassResult(fractions, scope="vertebra", index=n, decision=f"{v.name}: {decision}",
                                        z_mm=round(float(v.centre[2]), 3)))
             points.append(LesionPoint(v.centre, score=round(involved, 4), label=f"{v.name}: {decision}"))
-            if mask is not None and (bone_quality, pi) != ("normal", "normal"):
-                mask[v.mask] = 1
+            if regions is not None and (bone_quality, pi) != ("normal", "normal"):
+                regions[v.mask] = len(names) + 1
+                names.append(Region(len(names) + 1, f"{v.name}: {decision}", TYPE_COLORS[bone_quality]))
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"vertebrae": source, "vertebra_min_fraction": min_fraction,
                                             "vertebra_pi_min_fraction": pi_min_fraction, "input_size": config["input_size"],
                                             "crop_mm": config["crop_mm"]})
-        return Prediction(geometry=geometry, provenance=provenance, mask=mask, threshold=None if mask is None else 0.5,
-                          points=points, classes=classes)
+        return Prediction(geometry=geometry, provenance=provenance, points=points, classes=classes, regions=regions,
+                          region_names=names)
 
     # --- evaluation -------------------------------------------------------------------
     def evaluate(self, model, card, dataset, device, split: str = "test", **options):
