@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from fuzz_planar import planar_entries
+from fuzz_spine import spine_entries
 
 FLAIR_METHOD = "ms-flair-fcn"  # the method with a shipped model: infer runs it without training
 
@@ -28,7 +29,7 @@ FLAIR_METHOD = "ms-flair-fcn"  # the method with a shipped model: infer runs it 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # image, dicom, dataset, card, path, planar
+    kind: str  # image, dicom, dataset, card, path, planar, spine
     expect: str  # "refuse" or "any"
     build: Callable[[Path], list[list[str]]]
 
@@ -470,4 +471,5 @@ def corpus() -> list[Entry]:
                  "threshold=2", "threshold=-0.1"):
         e.append(Entry(f"path-{case}", "path", "refuse", _path(case)))
     e += planar_entries(Entry)  # bone scans: colour, blank, truncated, volumes, NaN, damaged DICOM NM
+    e += spine_entries(Entry)  # spine CT: 2-D, not axial, no bone, vertebra segmentations that do not fit
     return e

@@ -4,7 +4,7 @@ A run passes when no exception escapes `LesionDetectLib.cli.main` (only its own
 `lesiondetect: error:` line or argparse's usage error), nothing prints a traceback, no run
 takes longer than RUN_LIMIT_S, and an input of a refused kind ends with a non-zero exit
 status, a message that names the file (or the option) at fault, and no result written.
-The default suite runs a sample (every SAMPLE_STEP-th entry) and every planar (bone-scan) entry,
+The default suite runs a sample (every SAMPLE_STEP-th entry) and every planar (bone-scan) and spine entry,
 a few seconds together; `pytest -m slow` all of them.
 """
 
@@ -22,8 +22,10 @@ RUN_LIMIT_S = 60
 SAMPLE_STEP = 41
 CORPUS = corpus()
 PLANAR = [e for e in CORPUS if e.kind == "planar"]
-needs_model = pytest.mark.skipif(any(shipped_model_dir(m) is None for m in ("ms-flair-fcn", "bone-scan-cls")),
-                                 reason="no shipped ms-flair-fcn or bone-scan-cls model")
+SPINE = [e for e in CORPUS if e.kind == "spine"]
+needs_model = pytest.mark.skipif(any(shipped_model_dir(m) is None for m in ("ms-flair-fcn", "bone-scan-cls",
+                                                                             "spine-mtl")),
+                                 reason="no shipped ms-flair-fcn, bone-scan-cls or spine-mtl model")
 
 
 class _Hang(Exception):
@@ -83,6 +85,12 @@ def test_fuzz_planar(entry, tmp_path, capsys):
 
 
 @needs_model
+@pytest.mark.parametrize("entry", SPINE, ids=lambda e: e.name)
+def test_fuzz_spine(entry, tmp_path, capsys):
+    run_entry(entry, tmp_path, capsys)
+
+
+@needs_model
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", CORPUS, ids=lambda e: e.name)
 def test_fuzz_corpus(entry, tmp_path, capsys):
@@ -94,5 +102,6 @@ def test_corpus_is_large_and_deterministic():
     assert len(names) >= 500 and len(set(names)) == len(names)
     assert [e.name for e in corpus()] == names
     assert sum(e.expect == "refuse" for e in CORPUS) >= 350
-    assert {e.kind for e in CORPUS} == {"image", "dicom", "dataset", "card", "path", "planar"}
+    assert {e.kind for e in CORPUS} == {"image", "dicom", "dataset", "card", "path", "planar", "spine"}
     assert len(PLANAR) >= 15 and all(e.expect == "refuse" for e in PLANAR)
+    assert len(SPINE) >= 9 and all(e.expect == "refuse" for e in SPINE)
