@@ -151,14 +151,21 @@ def _label_image(case, values: np.ndarray) -> sitk.Image:
     return img
 
 
-def test_a_totalsegmentator_multilabel_file_and_per_vertebra_files_give_the_vertebrae(tmp_path):
+def _two_vertebrae(folder):
+    """(a small synthetic spine CT, its TotalSegmentator v2 multilabel array, the file): L1 in
+    slices 0-7, T12 in slices 8-15."""
     case = synth.make_case("spine-ct", seed=1, index=0, size="small")
-    geometry = Geometry.of(case.image)
-    labels = np.zeros(geometry.shape, np.uint8)
+    labels = np.zeros(case.roi.shape, np.uint8)
     labels[:8, 20:44, 20:44] = 31  # v2: vertebrae_L1
     labels[8:, 20:44, 20:44] = 32  # v2: vertebrae_T12
-    sitk.WriteImage(_label_image(case, labels), str(tmp_path / "ts.nii.gz"))
-    vertebrae = read_segmentation(tmp_path / "ts.nii.gz", geometry)
+    sitk.WriteImage(_label_image(case, labels), str(folder / "ts.nii.gz"))
+    return case, labels, folder / "ts.nii.gz"
+
+
+def test_a_totalsegmentator_multilabel_file_and_per_vertebra_files_give_the_vertebrae(tmp_path):
+    case, labels, path = _two_vertebrae(tmp_path)
+    geometry = Geometry.of(case.image)
+    vertebrae = read_segmentation(path, geometry)
     assert [v.name for v in vertebrae] == ["T12", "L1"]
     assert vertebrae[1].slices == list(range(8)) and vertebrae[0].slices == list(range(8, 16))
     folder = tmp_path / "segmentations"
@@ -276,12 +283,8 @@ def test_a_given_segmentation_names_the_vertebrae_and_colours_the_involved_ones(
         return quality, np.tile([0.8, 0.1, 0.1], (len(images), 1))
 
     monkeypatch.setattr(method, "slice_probabilities", lytic_below_slice_8)
-    case = synth.make_case("spine-ct", seed=1, index=0, size="small")
-    labels = np.zeros(case.roi.shape, np.uint8)
-    labels[:8, 20:44, 20:44] = 31
-    labels[8:, 20:44, 20:44] = 32
-    sitk.WriteImage(_label_image(case, labels), str(tmp_path / "ts.nii.gz"))
-    pred = method.predict(model, card, case.image, device, vertebrae=str(tmp_path / "ts.nii.gz"))
+    case, labels, path = _two_vertebrae(tmp_path)
+    pred = method.predict(model, card, case.image, device, vertebrae=str(path))
     assert [p.label.split(":")[0] for p in pred.points] == ["T12", "L1"]
     involved = [p.label for p in pred.points if not p.label.endswith(": normal")]
     assert involved == ["L1: lytic"]
@@ -385,12 +388,8 @@ def test_in_slicer_the_involved_vertebrae_are_segments_coloured_by_type(tiny_mod
     method, model, card, device = load_trained(tiny_model)
     monkeypatch.setattr(method, "slice_probabilities", lambda m, images, c, d: (
         np.tile([0.05, 0.8, 0.1, 0.05], (len(images), 1)), np.tile([0.1, 0.1, 0.8], (len(images), 1))))
-    case = synth.make_case("spine-ct", seed=1, index=0, size="small")
-    labels = np.zeros(case.roi.shape, np.uint8)
-    labels[:8, 20:44, 20:44] = 31
-    labels[8:, 20:44, 20:44] = 32
-    sitk.WriteImage(_label_image(case, labels), str(tmp_path / "ts.nii.gz"))
-    pred = method.predict(model, card, case.image, device, vertebrae=str(tmp_path / "ts.nii.gz"))
+    case, labels, path = _two_vertebrae(tmp_path)
+    pred = method.predict(model, card, case.image, device, vertebrae=str(path))
     volume = convert.add_image_volume(mrml.scene, case.image, "spine CT")
     nodes = overlay.add_prediction(mrml.scene, mrml.logic("Segmentations"), volume, pred)
     segmentation = nodes.regions.GetSegmentation()
