@@ -9,7 +9,7 @@ from io_helpers import oblique_image
 from LesionDetectLib.errors import LesionDetectError
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.prediction import (FILES, MANIFEST, ClassResult, LesionBox, LesionPoint, Prediction, Provenance,
-                                        read_prediction, write_prediction)
+                                        Region, read_prediction, write_prediction)
 
 GEOMETRY = Geometry.of(oblique_image())
 
@@ -31,7 +31,9 @@ def _prediction() -> Prediction:
                 LesionPoint(GEOMETRY.index_to_lps((7.5, 0.25, 4)), score=1 / 3, label="b")],
         boxes=[box, LesionBox(center=(1.5, -2.25, 3.0), size=(2.0, 3.0, 4.0), score=0.125)],
         classes=[ClassResult({"benign": 0.2, "malignant": 0.8}),
-                 ClassResult({"benign": 0.6, "malignant": 0.4}, scope="slice", index=3)],
+                 ClassResult({"benign": 0.6, "malignant": 0.4}, scope="slice", index=3, z_mm=-12.5)],
+        regions=np.where(probability >= 0.9, 2, np.where(probability <= 0.05, 5, 0)),
+        region_names=[Region(2, "L2: lytic", (0.85, 0.2, 0.2)), Region(5, "T12: blastic", (0.95, 0.9, 0.55))],
     )
 
 
@@ -48,6 +50,8 @@ def test_round_trip_keeps_every_part(tmp_path):
     assert back.probability.dtype == np.float32
     np.testing.assert_array_equal(back.mask, pred.mask)
     assert back.mask.sum() > 0
+    np.testing.assert_array_equal(back.regions, pred.regions)
+    assert back.region_names == pred.region_names
     assert back.classes == pred.classes
     assert back.points == pred.points  # positions, scores and labels exactly
     assert len(back.boxes) == len(pred.boxes)
