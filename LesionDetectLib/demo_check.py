@@ -205,25 +205,23 @@ def _check_vertebrae(pred: Prediction, truth: Truth) -> TruthCheck:
     dz = float(pred.geometry.matrix[2, 2])
     z0 = float(pred.geometry.origin[2])
     spans = [(min(v["slices"]), max(v["slices"])) for v in truth.vertebrae]
-    matched: dict[int, object] = {}
-    false = 0
-    predicted = [c for c in pred.classes if c.scope == "vertebra"]
-    for c in predicted:
+    matched: dict[int, tuple[str, str]] = {}  # true vertebra -> (predicted label, bone quality)
+    false = n_pos = 0
+    for c in (c for c in pred.classes if c.scope == "vertebra"):
         k = (c.z_mm - z0) / dz if c.z_mm is not None else math.nan
         owner = next((n for n, (lo, hi) in enumerate(spans) if lo - 0.5 <= k <= hi + 0.5), None)
-        quality = c.label.split(": ", 1)[-1].split(",")[0]
+        quality = c.label.split(": ", 1)[-1].split(",")[0]  # "L2: lytic, bilateral" -> "lytic"
+        n_pos += quality != "normal"
         if owner is None or owner in matched:
             false += quality != "normal"
             continue
-        matched[owner] = c
+        matched[owner] = (c.label, quality)
         false += quality != "normal" and truth.vertebrae[owner]["bone_quality"] == "normal"
     diseased = [n for n, v in enumerate(truth.vertebrae) if v["bone_quality"] != "normal"]
-    found = sum(n in matched and matched[n].label.split(": ", 1)[-1].split(",")[0] != "normal" for n in diseased)
-    exact = sum(n in matched and matched[n].label.split(": ", 1)[-1].split(",")[0] == v["bone_quality"]
-                for n, v in enumerate(truth.vertebrae))
+    found = sum(n in matched and matched[n][1] != "normal" for n in diseased)
+    exact = sum(n in matched and matched[n][1] == v["bone_quality"] for n, v in enumerate(truth.vertebrae))
     details = [f"{v['name']}: {v['bone_quality']}, {v['posterolateral']} | "
-               f"{matched[n].label if n in matched else 'not found'}" for n, v in enumerate(truth.vertebrae)]
-    n_pos = sum(c.label.split(": ", 1)[-1].split(",")[0] != "normal" for c in predicted)
+               f"{matched[n][0] if n in matched else 'not found'}" for n, v in enumerate(truth.vertebrae)]
     return TruthCheck(kind="vertebrae", rule="a vertebra with metastasis is found when the predicted vertebra at its "
                                              "level is not normal; lines: truth | prediction",
                       truth=len(diseased), found=found, missed=len(diseased) - found, false=int(false),

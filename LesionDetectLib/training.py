@@ -187,15 +187,16 @@ def self_paced_lambda(config: dict, epoch: int, previous_losses: list[float]) ->
 
 
 def reduce_loss(loss: torch.Tensor, lam: float, self_paced: bool) -> tuple[torch.Tensor, list[float]]:
-    """(the loss to minimise, the per-sample losses seen) of what `batch_loss` returned: a
-    scalar as it is; one loss per sample as the mean over the samples under `lam` (SPL's
-    v_i = [L_i < lambda]); an all-hard batch contributes zero."""
+    """(the loss to minimise, the per-sample losses seen when `self_paced`) of what `batch_loss`
+    returned: a scalar as it is; one loss per sample as the mean over the samples under `lam`
+    (SPL's v_i = [L_i < lambda]); an all-hard batch contributes zero."""
     if loss.dim() == 0:
         if self_paced:
             raise LesionDetectError("self-paced learning needs one loss per sample, and this method's batch_loss "
                                     "returns one per batch; set self_paced_start 0")
         return loss, []
-    per_sample = loss.detach().float().cpu().tolist()
+    # the losses are copied off the device only when the next epoch's lambda needs them
+    per_sample = loss.detach().float().cpu().tolist() if self_paced else []
     if math.isinf(lam):
         return loss.mean(), per_sample
     keep = (loss.detach() < lam).to(loss.dtype)
@@ -250,6 +251,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     steps_per_epoch = max(1, len(loader))
     total_steps = (epochs + hard_epochs) * steps_per_epoch
     time_limit_s = 60.0 * float(config["time_limit_minutes"])
+    self_paced = float(config["self_paced_start"]) > 0
     t0 = time.perf_counter()
     epoch, mined = start_epoch, False
     step = start_epoch * steps_per_epoch  # batches so far: the lr schedule's clock
@@ -272,8 +274,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         for batch in progress(loader, desc=f"epoch {epoch + 1}/{epochs + hard_epochs}", unit="batch"):
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_factor(config, step, total_steps, steps_per_epoch)
-            loss, seen = reduce_loss(method.batch_loss(model, batch, dev), lam,
-                                     float(config["self_paced_start"]) > 0)
+            loss, seen = reduce_loss(method.batch_loss(model, batch, dev), lam, self_paced)
             sample_losses += seen
             if not torch.isfinite(loss):
                 raise LesionDetectError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
@@ -284,7 +285,7 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
             step += 1
             losses.append(float(loss.detach()))
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-        if float(config["self_paced_start"]) > 0:
+        if self_paced:
             entry["self_paced_lambda"] = None if math.isinf(lam) else round(lam, 6)
             entry["self_paced_used"] = round(float(np.mean(np.asarray(sample_losses) < lam)), 4) \
                 if sample_losses else None

@@ -127,15 +127,21 @@ def _labelmap_node(scene, mask: np.ndarray, geometry: Geometry):
                       class_name="vtkMRMLLabelMapVolumeNode")
 
 
-def add_segmentation(scene, segmentations_logic, mask: np.ndarray, geometry: Geometry, reference_volume,
-                     name: str = "Lesions", status: str = "inprogress"):
-    """A segmentation node with one lesion segment (terminology, colour, Segmentation.Status),
-    the reference volume as its geometry, and `mask` as the segment's voxels."""
+def _segmentation_node(scene, name: str, reference_volume):
+    """An empty segmentation node shown in every view, with the reference volume's geometry."""
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     seg_node.CreateDefaultDisplayNodes()
     seg_node.GetDisplayNode().SetOpacity2DFill(SEGMENT_FILL_OPACITY)  # the probability map shows through
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     seg_node.SetNodeReferenceID(seg_node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
+    return seg_node
+
+
+def add_segmentation(scene, segmentations_logic, mask: np.ndarray, geometry: Geometry, reference_volume,
+                     name: str = "Lesions", status: str = "inprogress"):
+    """A segmentation node with one lesion segment (terminology, colour, Segmentation.Status),
+    the reference volume as its geometry, and `mask` as the segment's voxels."""
+    seg_node = _segmentation_node(scene, name, reference_volume)
     segmentation = seg_node.GetSegmentation()
     segmentation.AddEmptySegment(LESION_SEGMENT_ID, lesion_segment().name, LESION_COLOR)
     segment = segmentation.GetSegment(LESION_SEGMENT_ID)
@@ -149,11 +155,7 @@ def add_region_segmentation(scene, segmentations_logic, labels: np.ndarray, regi
                             reference_volume, name: str = "Regions"):
     """A segmentation node with one segment per `Region` (its name and colour; the voxels of
     `labels` equal to its value), the reference volume as its geometry."""
-    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    seg_node.CreateDefaultDisplayNodes()
-    seg_node.GetDisplayNode().SetOpacity2DFill(SEGMENT_FILL_OPACITY)
-    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-    seg_node.SetNodeReferenceID(seg_node.GetReferenceImageGeometryReferenceRole(), reference_volume.GetID())
+    seg_node = _segmentation_node(scene, name, reference_volume)
     for region in regions:
         segment_id = f"region{region.value}"
         seg_node.GetSegmentation().AddEmptySegment(segment_id, region.name, tuple(region.color))

@@ -18,7 +18,7 @@ from ..methods.bone_scan_cls import BoneScanClassifier
 from ..methods.bone_scan_cls.data import ScanSet
 from ..models import ModelCard, shipped_model_dir
 from ..training import load_trained
-from .measure import median_seconds, peak_rss_mb
+from .measure import median_seconds, peak_rss_mb, train_samples_per_second
 
 NAME = "bone-scan-cls"
 
@@ -63,18 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _train_rate(method: BoneScanClassifier, model, config: dict, batch: int) -> float:
-    model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.rand(batch, 1, *[int(v) for v in config["input_size"]])
     labels, weights = (torch.rand(batch) < 0.1).float(), torch.ones(batch)
-
-    def step():
-        loss = method.batch_loss(model, (images, labels, weights), torch.device("cpu"))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    seconds = median_seconds(step, 3)
-    model.eval()
-    return batch / seconds
+    return train_samples_per_second(method, model, (images, labels, weights), optimizer, batch)

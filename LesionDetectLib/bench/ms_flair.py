@@ -16,7 +16,7 @@ import torch
 from ..methods.ms_flair_fcn import MSFlairFCN
 from ..models import ModelCard, shipped_model_dir
 from ..training import load_trained
-from .measure import median_seconds, peak_rss_mb
+from .measure import median_seconds, peak_rss_mb, train_samples_per_second
 
 NAME = "ms-flair"
 
@@ -34,20 +34,12 @@ def _phantom(size_xyz, seed: int = 0) -> sitk.Image:
 
 
 def _train_rate(method: MSFlairFCN, config: dict, steps: int = 4) -> float:
-    model = method.build_model(config).train()
+    model = method.build_model(config)
     channels, tile, batch = 1 + 2 * int(config["context_slices"]), int(config["tile_size"]), int(config["batch_size"])
     images = torch.rand(batch, channels, tile, tile)
     labels = (torch.rand(batch, 1, tile, tile) > 0.9).to(torch.uint8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step():
-        loss = method.batch_loss(model, (images, labels), torch.device("cpu"))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up
-    return batch / median_seconds(step, steps)
+    return train_samples_per_second(method, model, (images, labels), optimizer, batch, steps)
 
 
 

@@ -19,7 +19,7 @@ from ..methods.spine_mtl import SpineMTL
 from ..methods.spine_mtl.network import PAPER_DENSENET
 from ..models import ModelCard, shipped_model_dir
 from ..training import load_trained
-from .measure import median_seconds, peak_rss_mb
+from .measure import median_seconds, peak_rss_mb, train_samples_per_second
 
 NAME = "spine-mtl"
 QUICK_NETWORK = {"blocks": [1, 1, 1, 1], "growth_rate": 4, "init_features": 8, "input_size": 32}
@@ -77,19 +77,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _train_rate(method: SpineMTL, model, images: torch.Tensor) -> float:
-    model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    quality = torch.randint(0, 4, (len(images),))
-    side = torch.randint(0, 3, (len(images),))
-
-    def step():
-        ones = torch.ones(len(images))
-        loss = method.batch_loss(model, (images, quality, side, ones, ones), torch.device("cpu")).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    seconds = median_seconds(step, 3)
-    model.eval()
-    return len(images) / seconds
+    n = len(images)
+    batch = (images, torch.randint(0, 4, (n,)), torch.randint(0, 3, (n,)), torch.ones(n), torch.ones(n))
+    return train_samples_per_second(method, model, batch, optimizer, n)

@@ -34,6 +34,8 @@ from ...geometry import Geometry
 
 BONE_QUALITY = ("normal", "blastic", "mixed", "lytic")
 POSTEROLATERAL = ("normal", "unilateral", "bilateral")
+# the posterolateral classes as the user reads them (and as `is_negative_class` knows "no ...")
+PI_NAMES = {"normal": "no posterolateral involvement", "unilateral": "unilateral", "bilateral": "bilateral"}
 
 
 def check_axial(image: sitk.Image, path=None) -> Geometry:

@@ -35,7 +35,7 @@ from ...prediction import ClassResult, LesionPoint, Prediction, Provenance, Regi
 from ...progress import progress
 from ..base import Method
 from . import evaluation, network
-from .data import (BONE_QUALITY, POSTEROLATERAL, SliceSet, axial_volume, check_axial, class_weights, crop_slices,
+from .data import (BONE_QUALITY, PI_NAMES, POSTEROLATERAL, SliceSet, axial_volume, check_axial, class_weights, crop_slices,
                    slice_targets, spine_centres)
 from .vertebrae import read_segmentation, split_along_z, vote
 
@@ -46,8 +46,6 @@ _CROPS: dict[tuple, dict] = {}
 # lytic red; purple for posterolateral involvement alone)
 TYPE_COLORS = {"blastic": (0.95, 0.9, 0.55), "mixed": (0.95, 0.55, 0.15), "lytic": (0.85, 0.2, 0.2),
                "normal": (0.6, 0.35, 0.8)}
-# the posterolateral classes as the user reads them (and as `is_negative_class` knows "no ...")
-PI_NAMES = {"normal": "no posterolateral involvement", "unilateral": "unilateral", "bilateral": "bilateral"}
 
 
 class SpineMTL(Method):
@@ -183,8 +181,8 @@ class SpineMTL(Method):
         """One loss per sample (the trainer's self-paced learning picks the easy ones)."""
         images, quality, side, w_quality, w_side = (t.to(device) for t in batch)
         out = model(images.float(), with_features=model.sharing == "soft")
-        weights = model_weights(model, self._config(model))
-        smooth = self._config(model).get("label_smoothing", 0.0)
+        weights = model_weights(model, model.config)
+        smooth = model.config.get("label_smoothing", 0.0)
 
         def ce(logits, target):
             return F.cross_entropy(logits, target, reduction="none", label_smoothing=float(smooth))
@@ -199,11 +197,8 @@ class SpineMTL(Method):
         if model.use_pi:
             loss = loss + weights["posterolateral"] * w_side * ce(out["posterolateral"], side)
         if model.sharing == "soft":
-            loss = loss + network.soft_sharing_penalty(out["features"], self._config(model)["soft_sharing_weights"])
+            loss = loss + network.soft_sharing_penalty(out["features"], model.config["soft_sharing_weights"])
         return loss
-
-    def _config(self, model) -> dict:
-        return model.config
 
     # --- slice and vertebra predictions ---------------------------------------------------
     @torch.no_grad()
@@ -299,8 +294,7 @@ class SpineMTL(Method):
             bone_quality, pi, fractions = vote(quality[sel].argmax(1), side[sel].argmax(1), min_fraction, pi_min_fraction)
             involved = 1.0 - float(quality[sel, 0].mean())
             decision = bone_quality if pi == "normal" else f"{bone_quality}, {pi}"
-            fractions = {PI_NAMES.get(k.replace("posterolateral ", ""), k) if k.startswith("posterolateral ") else k:
-                         round(f, 4) for k, f in fractions.items()}
+            fractions = {k: round(f, 4) for k, f in fractions.items()}
             classes.append(ClassResult(fractions, scope="vertebra", index=n, decision=f"{v.name}: {decision}",
                                        z_mm=round(float(v.centre[2]), 3)))
             points.append(LesionPoint(v.centre, score=round(involved, 4), label=f"{v.name}: {decision}"))

@@ -33,7 +33,7 @@ from scipy import ndimage, signal
 
 from ...errors import input_error
 from ...geometry import Geometry
-from .data import BONE_QUALITY, POSTEROLATERAL
+from .data import BONE_QUALITY, PI_NAMES, POSTEROLATERAL
 
 SPINE_ORDER = [f"C{n}" for n in range(1, 8)] + [f"T{n}" for n in range(1, 13)] + [f"L{n}" for n in range(1, 6)] + \
     ["S1"]
@@ -136,8 +136,9 @@ def split_along_z(hu: np.ndarray, geometry: Geometry, centres_lps: np.ndarray, f
     idx = geometry.lps_to_index(np.c_[centres_lps, np.zeros(len(centres_lps))])[:, :2]
     body = np.full((hu.shape[0], 2), np.nan)  # (i, j) of the vertebral body in each slice
     profile = np.full(hu.shape[0], np.nan)
+    grid = np.mgrid[0:hu.shape[1], 0:hu.shape[2]]  # (j, i) of every pixel of a slice
     for k in np.nonzero(found)[0]:
-        body[k], profile[k] = _body_profile(hu[k], geometry, idx[k], config)
+        body[k], profile[k] = _body_profile(hu[k], geometry, idx[k], grid, config)
     min_height = float(config["vertebra_min_height_mm"])
     out = []
     for run in _runs(np.isfinite(profile)):
@@ -165,11 +166,12 @@ def split_along_z(hu: np.ndarray, geometry: Geometry, centres_lps: np.ndarray, f
     return out
 
 
-def _body_profile(hu_slice: np.ndarray, geometry: Geometry, centre_ij, config) -> tuple[np.ndarray, float]:
+def _body_profile(hu_slice: np.ndarray, geometry: Geometry, centre_ij, grid, config) -> tuple[np.ndarray, float]:
     """((i, j) of the vertebral body, mean HU (clipped to -100..400) in an 8 mm disc at it): the
-    body is the largest closed, hole-filled bone region near the column's centre; discs are dark."""
+    body is the largest closed, hole-filled bone region near the column's centre; discs are dark.
+    `grid` is np.mgrid over the slice, (j, i)."""
     sx, sy = geometry.spacing[0], geometry.spacing[1]
-    jj, ii = np.mgrid[0:hu_slice.shape[0], 0:hu_slice.shape[1]]
+    jj, ii = grid
     near = ((ii - centre_ij[0]) * sx) ** 2 + ((jj - centre_ij[1]) * sy) ** 2 <= float(config["centre_radius_mm"]) ** 2
     bone = ndimage.binary_closing((hu_slice >= float(config["bone_hu"])) & near, iterations=max(1, round(3 / sx)))
     labels, n = ndimage.label(ndimage.binary_fill_holes(bone))
@@ -200,5 +202,5 @@ def vote(quality: np.ndarray, side: np.ndarray, min_fraction: float, pi_min_frac
     involved = max(POSTEROLATERAL[1:], key=lambda c: sides[c])
     pi = involved if sides[involved] > 0 and sides[involved] >= pi_min_fraction * n else "normal"
     fractions = {c: counts[c] / n for c in BONE_QUALITY}
-    fractions.update({f"posterolateral {c}": sides[c] / n for c in POSTEROLATERAL})
+    fractions.update({PI_NAMES[c]: sides[c] / n for c in POSTEROLATERAL})
     return decided, pi, fractions
