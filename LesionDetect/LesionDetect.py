@@ -67,8 +67,10 @@ Finds lesions in the selected CT or MRI with one of several published detectors 
 what it finds: the lesion probability map over the image, the thresholded lesion segment,
 detection boxes and lesion points with their scores, and image-level class probabilities.
 Move the threshold to re-threshold the segment without rerunning the model; hide boxes below a
-score. Correct the segment with the Segment Editor, move, delete or add boxes and points, then
-Export them into a training dataset (a new version is written, nothing is overwritten).
+score. Review each finding (Previous / Next centre the views on it; Accept or Reject it); correct
+the segment with the Segment Editor, move, delete or add boxes and points, then Export them into
+a training dataset (a new version is written, nothing is overwritten): rejected findings are
+left out and kept as hard negatives, and every decision is recorded with the case.
 Detection runs in a separate process: Slicer stays responsive and Cancel stops it.
 """)
         self.parent.acknowledgementText = _("""
@@ -153,6 +155,12 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.findingsTable.connect("cellClicked(int,int)", self.onFindingClicked)
+        self.ui.previousButton.connect("clicked(bool)", self.onPreviousFinding)
+        self.ui.nextButton.connect("clicked(bool)", self.onNextFinding)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAcceptFinding)
+        self.ui.rejectButton.connect("clicked(bool)", self.onRejectFinding)
+        self.ui.reviewerLineEdit.text = self.logic.reviewerName()
+        self.ui.reviewerLineEdit.connect("editingFinished()", self.onReviewerChanged)
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
         self.ui.addPointButton.connect("clicked(bool)", self.onAddPoint)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
@@ -166,6 +174,9 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self.logic.result is None and not self.logic.isRunning() and self.logic.useResultInScene() is not None:
+            self._updateFindings()  # a scene saved during a review and opened again: go on reviewing
+            self._onParameterNodeModified()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -214,7 +225,8 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = running or (p.inputVolume is not None and bool(p.method or self.logic.isSet(p.modelPath)))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         hasResult = self.logic.result is not None
-        for button in (self.ui.addBoxButton, self.ui.addPointButton, self.ui.exportButton):
+        for button in (self.ui.addBoxButton, self.ui.addPointButton, self.ui.exportButton, self.ui.previousButton,
+                       self.ui.nextButton, self.ui.acceptButton, self.ui.rejectButton):
             button.enabled = hasResult and not running
         if hasResult and self.logic.displayChanged(p.threshold, p.minimumScore, p.opacity):
             with slicer.util.tryWithErrorDisplay(_("Failed to update the display."), waitCursor=True):
@@ -259,16 +271,43 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateFindings(self) -> None:
         table = self.ui.findingsTable
         minimumScore = self._parameterNode.minimumScore if self._parameterNode else 0.0
-        self._findings = self.logic.findings(minimumScore) if self.logic.result is not None else []
+        self._findings = self.logic.reviewFindings(minimumScore) if self.logic.result is not None else []
         table.setRowCount(len(self._findings))
         for row, finding in enumerate(self._findings):
             score = "" if finding.score is None else f"{finding.score:.2f}"
-            for column, text in enumerate((finding.kind, finding.name, score, finding.detail)):
+            for column, text in enumerate((finding.kind, finding.name, score, finding.detail, finding.state)):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
+            if finding.id == self.logic.currentFindingId:
+                table.selectRow(row)
+        self.ui.reviewProgressLabel.text = self.logic.reviewProgress(self._findings) if self._findings else ""
 
     def onFindingClicked(self, row: int, column: int) -> None:
         if 0 <= row < len(self._findings):
+            self.logic.selectFinding(self._findings[row].id)
             self.logic.centreOn(self._findings[row])
+
+    def _goTo(self, finding) -> None:
+        """Show the review's new current finding: the table updated, the views centred on it."""
+        self._updateFindings()
+        if finding is not None:
+            self.logic.centreOn(finding)
+
+    def onPreviousFinding(self) -> None:
+        self._goTo(self.logic.previousFinding())
+
+    def onNextFinding(self) -> None:
+        self._goTo(self.logic.nextFinding())
+
+    def onAcceptFinding(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to accept the finding."), waitCursor=True):
+            self._goTo(self.logic.acceptCurrent())
+
+    def onRejectFinding(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to reject the finding."), waitCursor=True):
+            self._goTo(self.logic.rejectCurrent())
+
+    def onReviewerChanged(self) -> None:
+        self.logic.setReviewerName(self.ui.reviewerLineEdit.text)
 
     def onAddBox(self) -> None:
         self.logic.placeNewBox()
@@ -305,7 +344,8 @@ class LesionDetectLogic(DetectionLogic, ScriptedLoadableModuleLogic):
         DetectionLogic.__init__(self, slicer.mrmlScene, slicer.modules.segmentations.logic(),
                                 runner=process.ChildProcess, app_logic=slicer.app.applicationLogic(),
                                 python=self.pythonExecutable(), library_parent=LIBRARY_PARENT,
-                                temp_dir=slicer.app.temporaryPath, poll_scheduler=_pollWithTimer)
+                                temp_dir=slicer.app.temporaryPath, poll_scheduler=_pollWithTimer,
+                                settings=qt.QSettings())
 
     def getParameterNode(self):
         return LesionDetectParameterNode(super().getParameterNode())
@@ -389,8 +429,8 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_ResultShownAndLiveControls, self.test_ExportCorrected, self.test_CancelLeavesScene,
-                     self.test_SampleStudy, self.test_ModelSummary):
+        for test in (self.test_ResultShownAndLiveControls, self.test_ExportCorrected, self.test_ReviewAndExport,
+                     self.test_CancelLeavesScene, self.test_SampleStudy, self.test_ModelSummary):
             self.setUp()
             test()
 
@@ -438,6 +478,29 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
             self.assertTrue(first.entry["provenance"]["corrected"])
             self.assertEqual(validate_dataset(folder), [])
             self.assertEqual(len(load_dataset(folder).cases), 2)
+        self.delayDisplay("Test passed")
+
+    def test_ReviewAndExport(self):
+        import json
+
+        self.delayDisplay("Reviewing findings and exporting the review")
+        logic, study, volume = self._loadStudy("liver")
+        logic.showPrediction(volume, study.prediction)
+        total = len(logic.reviewFindings())
+        first = logic.nextFinding()
+        logic.centreOn(first)
+        following = logic.rejectCurrent()
+        self.assertEqual(logic.findingState(first.id), "rejected")
+        self.assertIsNotNone(following)
+        logic.acceptCurrent()
+        self.assertEqual(logic.reviewProgress(), f"2 of {total} reviewed")
+        with tempfile.TemporaryDirectory() as folder:
+            result = logic.exportResult(folder, "reviewed")
+            entry = json.loads((Path(folder) / "dataset.json").read_text())["cases"][0]
+            self.assertEqual(entry["review"], result.entry["review"])
+            states = {f["id"]: f["state"] for f in entry["review"]["findings"]}
+            self.assertEqual(states[first.id], "rejected")
+            self.assertEqual(entry["review"]["reviewer"], logic.reviewerName())
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesScene(self):

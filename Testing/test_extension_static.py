@@ -71,6 +71,28 @@ def test_every_ui_name_the_widget_uses_exists():
     assert used <= names, f"used in LesionDetect.py but missing from the .ui: {sorted(used - names)}"
 
 
+def test_review_controls_are_in_the_ui_by_the_findings_table():
+    """Accept / Reject / Previous / Next, "N of M reviewed" and the reviewer setting (issue #18):
+    in the Findings section (the reviewer in Export), wired in the widget, and the reviewer is a
+    module setting (QSettings through the logic), not a scene parameter."""
+    root = _ui_tree().getroot()
+    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    findings = next(w for w in root.iter("widget") if w.get("name") == "findingsCollapsibleButton")
+    in_findings = {w.get("name") for w in findings.iter("widget")}
+    review = {"acceptButton": "QPushButton", "rejectButton": "QPushButton", "previousButton": "QPushButton",
+              "nextButton": "QPushButton", "reviewProgressLabel": "QLabel"}
+    assert {n: classes.get(n) for n in review} == review
+    assert set(review) <= in_findings and "findingsTable" in in_findings
+    assert classes.get("reviewerLineEdit") == "QLineEdit"
+    assert "reviewerLineEdit" not in _parameter_bindings()
+    source = MODULE_PY.read_text(encoding="utf-8")
+    for name in (*review, "reviewerLineEdit"):
+        assert f"self.ui.{name}" in source, f"{name} is not used by the widget"
+    headers = [c.find("property/string").text for c in
+               next(w for w in root.iter("widget") if w.get("name") == "findingsTable").findall("column")]
+    assert headers == ["Kind", "Name", "Score", "Size", "State"]
+
+
 def _parameter_fields() -> dict[str, ast.AnnAssign]:
     cls = _class(_module_ast(), "LesionDetectParameterNode")
     assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in cls.decorator_list)

@@ -21,8 +21,8 @@ BUNDLE_SUFFIX = ".mrb"
 
 def write_bundle(image_path, prediction_dir, out_mrb, threshold: float | None = None, opacity: float | None = None
                  ) -> Path:
-    from LesionDetectLib.errors import LesionDetectError, input_error
-    from LesionDetectLib.files import atomic_path, refuse_existing
+    from LesionDetectLib.errors import input_error
+    from LesionDetectLib.files import refuse_existing
     from LesionDetectLib.io import read_volume
     from LesionDetectLib.prediction import read_prediction
 
@@ -44,17 +44,32 @@ def write_bundle(image_path, prediction_dir, out_mrb, threshold: float | None = 
                                    opacity=overlay.DEFAULT_OPACITY if opacity is None else opacity)
         except ValueError as exc:
             raise input_error(prediction_dir, f"does not fit {image_path}: {exc}") from None
-        with tempfile.TemporaryDirectory(prefix="lesiondetect-mrb-") as tmp:
-            pack_dir = Path(tmp) / out_mrb.name[: -len(BUNDLE_SUFFIX)]
-            pack_dir.mkdir()
-            if not slicer_scene.app_logic.SaveSceneToSlicerDataBundleDirectory(str(pack_dir), None):
-                raise LesionDetectError(f"{out_mrb}: Slicer could not save the scene")
-            with atomic_path(out_mrb) as tmp_mrb:
-                tmp_mrb.unlink()  # the zipper creates its file itself
-                if not slicer_scene.app_logic.Zip(str(tmp_mrb), str(pack_dir)):
-                    raise LesionDetectError(f"{out_mrb}: Slicer could not zip the scene")
+        save_scene_bundle(slicer_scene.app_logic, out_mrb)
     finally:
         slicer_scene.close()
+    return out_mrb
+
+
+def save_scene_bundle(app_logic, out_mrb) -> Path:
+    """Save the application logic's scene as an .mrb, as Slicer's scene writer does
+    (SaveSceneToSlicerDataBundleDirectory, then Zip); atomic, never replacing a file.  Node
+    attributes and segment tags (e.g. the review states, review.py) are saved with the scene."""
+    from LesionDetectLib.errors import LesionDetectError, input_error
+    from LesionDetectLib.files import atomic_path, refuse_existing
+
+    out_mrb = Path(out_mrb)
+    if out_mrb.suffix.lower() != BUNDLE_SUFFIX:
+        raise input_error(out_mrb, f"a scene bundle must end in {BUNDLE_SUFFIX}")
+    refuse_existing(out_mrb)
+    with tempfile.TemporaryDirectory(prefix="lesiondetect-mrb-") as tmp:
+        pack_dir = Path(tmp) / out_mrb.name[: -len(BUNDLE_SUFFIX)]
+        pack_dir.mkdir()
+        if not app_logic.SaveSceneToSlicerDataBundleDirectory(str(pack_dir), None):
+            raise LesionDetectError(f"{out_mrb}: Slicer could not save the scene")
+        with atomic_path(out_mrb) as tmp_mrb:
+            tmp_mrb.unlink()  # the zipper creates its file itself
+            if not app_logic.Zip(str(tmp_mrb), str(pack_dir)):
+                raise LesionDetectError(f"{out_mrb}: Slicer could not zip the scene")
     return out_mrb
 
 

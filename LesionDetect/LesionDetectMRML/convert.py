@@ -246,6 +246,14 @@ def _parse_description(text: str) -> dict:
     return d if isinstance(d, dict) and isinstance(d.get("score"), (int, float)) else {}
 
 
+def box_has_score(roi) -> bool:
+    """Whether a ROI carries a detection score (a model's box), as opposed to one drawn by hand."""
+    if roi.GetNumberOfControlPoints() and _parse_description(roi.GetNthControlPointDescription(0)):
+        return True
+    measurement = roi.GetMeasurement(SCORE_MEASUREMENT)
+    return measurement is not None and bool(measurement.GetValueDefined())
+
+
 def box_score(roi) -> float:
     """A ROI's score: its control point's description, else its score measurement, else 1.0 (drawn by hand)."""
     if roi.GetNumberOfControlPoints():
@@ -287,16 +295,21 @@ def point_score(node, n: int) -> float:
     return float(d["score"]) if d else HAND_PLACED_SCORE
 
 
+def point_has_score(node, n: int) -> bool:
+    """Whether control point `n` carries a detection score (a model's point), not placed by hand."""
+    return bool(_parse_description(node.GetNthControlPointDescription(n)))
+
+
+def control_point_to_point(node, n: int) -> LesionPoint:
+    """Control point `n` of a fiducial list as a LesionPoint in LPS."""
+    return LesionPoint(ras_to_lps(node.GetNthControlPointPositionVector(n)), score=point_score(node, n),
+                       label=node.GetNthControlPointLabel(n) if point_has_score(node, n) else HAND_PLACED_LABEL)
+
+
 def fiducials_to_points(node) -> list[LesionPoint]:
     """Every placed control point of a fiducial list as a LesionPoint in LPS."""
-    points = []
-    for n in range(node.GetNumberOfControlPoints()):
-        if node.GetNthControlPointPositionStatus(n) != node.PositionDefined:
-            continue  # a point still being placed, or whose placement was cancelled
-        scored = bool(_parse_description(node.GetNthControlPointDescription(n)))
-        points.append(LesionPoint(ras_to_lps(node.GetNthControlPointPositionVector(n)), score=point_score(node, n),
-                                  label=node.GetNthControlPointLabel(n) if scored else HAND_PLACED_LABEL))
-    return points
+    return [control_point_to_point(node, n) for n in range(node.GetNumberOfControlPoints())
+            if node.GetNthControlPointPositionStatus(n) == node.PositionDefined]  # not one still being placed
 
 
 # --- class results --------------------------------------------------------------------------

@@ -2,7 +2,16 @@
 
 Per case: images/<case>.nrrd, labels/<case>.seg.nrrd, boxes/<case>.mrk.json,
 points/<case>.mrk.json (whichever exist) and a dataset.json entry with provenance (model,
-method, threshold, whether the user corrected the model's result, time).  Every file is
+method, threshold, whether the user corrected the model's result, time).
+
+With the review (review.py; `export_from_scene(..., review=True)`), findings the annotator
+rejected leave the mask, boxes and points, and are written as hard negatives:
+negative_points/<case>.mrk.json (rejected points, and rejected mask components at their
+centroid, with their scores) and negative_boxes/<case>.mrk.json (rejected boxes, with their
+scores), named by the case keys "negative_points" and "negative_boxes" (only when there are
+any); the case's "review" key records the decision on every finding: {"model_id",
+"model_sha256" (when known), "threshold", "reviewer", "time", "findings": [{"id", "kind",
+"state", "score", "position_lps", "label"}]}.  Every file is
 written atomically by LesionDetectLib's writers and nothing existing is ever overwritten: if
 the case id is taken (in dataset.json or on disk) the export becomes <case>_v2, _v3, ...
 dataset.json itself is re-read, extended and replaced in one step under a lock file, so two
@@ -45,7 +54,8 @@ from LesionDetectLib.prediction import LesionBox, LesionPoint, Prediction
 from . import convert
 
 SUBFOLDERS = {"image": ("images", ".nrrd"), "mask": ("labels", ".seg.nrrd"),
-              "boxes": ("boxes", ".mrk.json"), "points": ("points", ".mrk.json")}
+              "boxes": ("boxes", ".mrk.json"), "points": ("points", ".mrk.json"),
+              "negative_points": ("negative_points", ".mrk.json"), "negative_boxes": ("negative_boxes", ".mrk.json")}
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_SUFFIX = re.compile(r"_v\d+$")
 LOCK_TIMEOUT_S = 30.0
@@ -59,6 +69,8 @@ class Annotation:
     mask: np.ndarray | None = None  # uint8 (z, y, x) on the image's grid
     boxes: list[LesionBox] | None = None
     points: list[LesionPoint] | None = None
+    negative_points: list[LesionPoint] | None = None  # hard negatives: rejected detections (written when not empty)
+    negative_boxes: list[LesionBox] | None = None
 
 
 @dataclass
@@ -104,12 +116,13 @@ def _same_points(a: list[LesionPoint], b: list[LesionPoint], tol: float = 1e-3) 
 
 def export_case(dataset_dir: str | os.PathLike, case_id: str, annotation: Annotation, *,
                 provenance: dict, modality: str | None = None, patient: str | None = None,
-                dataset_name: str | None = None) -> ExportResult:
+                dataset_name: str | None = None, review: dict | None = None) -> ExportResult:
     """Write one annotated case into `dataset_dir` (created if needed); see the module docstring.
 
     `provenance` goes into the case entry as given plus "time" and "lesiondetect_version"
-    (callers pass model, method, threshold and corrected).  Returns the case id used (a new
-    version if `case_id` was taken) and the files written.
+    (callers pass model, method, threshold and corrected).  `review` (review.review_record)
+    goes into the entry as "review", its "time" set to the export's.  Returns the case id used
+    (a new version if `case_id` was taken) and the files written.
     """
     if not _CASE_ID.match(case_id or ""):
         raise LesionDetectError(f"case id {case_id!r} must start with a letter or digit and hold only "
@@ -124,7 +137,8 @@ def export_case(dataset_dir: str | os.PathLike, case_id: str, annotation: Annota
             raise input_error(root / DATASET_FILE, f"holds {doc.get('modality')} images; this case is {modality}")
         final_id = _free_case_id(root, doc, case_id)
         parts = {"image": True, "mask": annotation.mask is not None, "boxes": annotation.boxes is not None,
-                 "points": annotation.points is not None}
+                 "points": annotation.points is not None, "negative_points": bool(annotation.negative_points),
+                 "negative_boxes": bool(annotation.negative_boxes)}
         check_free_space(root, _expected_bytes(annotation), "the exported case")
         written: dict[str, Path] = {}
         try:
@@ -142,9 +156,19 @@ def export_case(dataset_dir: str | os.PathLike, case_id: str, annotation: Annota
             if annotation.points is not None:
                 written["points"] = markups.write_points(_path(root, "points", final_id), annotation.points)
                 fault_point("export-points")
+            if annotation.negative_points:
+                written["negative_points"] = markups.write_points(_path(root, "negative_points", final_id),
+                                                                  annotation.negative_points,
+                                                                  name="Rejected lesion points")
+            if annotation.negative_boxes:
+                written["negative_boxes"] = markups.write_boxes(_path(root, "negative_boxes", final_id),
+                                                                annotation.negative_boxes)
+            now = _now()
             entry = {"id": final_id, "patient": patient or _VERSION_SUFFIX.sub("", case_id),
                      **{k: p.relative_to(root).as_posix() for k, p in written.items()},
-                     "provenance": {**provenance, "time": _now(), "lesiondetect_version": __version__}}
+                     "provenance": {**provenance, "time": now, "lesiondetect_version": __version__}}
+            if review is not None:
+                entry["review"] = {**review, "time": now}
             _add_case(root, doc, entry, modality, dataset_name)  # the commit point
             fault_point("export-committed")
         except BaseException as exc:
@@ -163,21 +187,47 @@ def export_case(dataset_dir: str | os.PathLike, case_id: str, annotation: Annota
 def export_from_scene(dataset_dir: str | os.PathLike, case_id: str, input_volume, segmentations_logic, *,
                       segmentation=None, segment_id: str = convert.LESION_SEGMENT_ID, box_nodes=(),
                       points_node=None, prediction: Prediction | None = None, threshold: float | None = None,
-                      modality: str | None = None) -> ExportResult:
+                      modality: str | None = None, review: bool = False, classes_node=None,
+                      probability_node=None, reviewer: str = "", model_sha256: str | None = None) -> ExportResult:
     """Export what the user has in the scene now: the segment, the ROI nodes still in the scene,
-    the fiducial list.  `prediction` (the model's output) decides the "corrected" flag."""
+    the fiducial list.  `prediction` (the model's output) decides the "corrected" flag.
+
+    review=True applies the review states (review.py): rejected components, boxes and points are
+    left out and written as hard negatives, and the case records every finding's decision
+    (`classes_node` lists the class rows too; `probability_node` gives components their score;
+    `reviewer` names who reviewed; `model_sha256` defaults to the prediction's provenance's)."""
     image = convert.volume_to_image(input_volume)
-    mask = (convert.segment_mask(segmentation, segment_id, input_volume, segmentations_logic)
-            if segmentation is not None else None)
     rois = [roi for roi in box_nodes if roi.GetScene() is not None]  # the user may have deleted some
-    annotation = Annotation(image=image, mask=mask, boxes=[convert.roi_to_box(r) for r in rois] if box_nodes else None,
-                            points=convert.fiducials_to_points(points_node) if points_node is not None else None)
     source = prediction.provenance if prediction is not None else None
+    record = None
+    if review:
+        from . import overlay
+        from . import review as review_
+
+        nodes = overlay.PredictionNodes(input_volume=input_volume, probability=probability_node,
+                                        segmentation=segmentation, segment_id=segment_id, boxes=rois,
+                                        points=points_node, classes=classes_node, threshold=threshold)
+        reviewed = review_.reviewed_export(nodes, segmentations_logic)
+        annotation = Annotation(image=image, mask=reviewed.mask if segmentation is not None else None,
+                                boxes=reviewed.boxes if box_nodes else None,
+                                points=reviewed.points if points_node is not None else None,
+                                negative_points=reviewed.negative_points, negative_boxes=reviewed.negative_boxes)
+        parameters = source.parameters if source is not None else {}
+        sha = model_sha256 or next((parameters[k] for k in ("model_sha256", "weights_sha256")
+                                    if isinstance(parameters.get(k), str) and parameters[k]), None)
+        record = review_.review_record(reviewed.findings, model_id=source.model_id if source else "",
+                                       model_sha256=sha, threshold=threshold, reviewer=reviewer or "")
+    else:
+        mask = (convert.segment_mask(segmentation, segment_id, input_volume, segmentations_logic)
+                if segmentation is not None else None)
+        annotation = Annotation(image=image, mask=mask,
+                                boxes=[convert.roi_to_box(r) for r in rois] if box_nodes else None,
+                                points=convert.fiducials_to_points(points_node) if points_node is not None else None)
     provenance = {"model": source.model_id if source else "", "model_version": source.model_version if source else "",
                   "method": source.method if source else "", "threshold": threshold,
                   "corrected": is_corrected(annotation, prediction, threshold),
                   "source": "LesionDetect Slicer module"}
-    return export_case(dataset_dir, case_id, annotation, provenance=provenance, modality=modality)
+    return export_case(dataset_dir, case_id, annotation, provenance=provenance, modality=modality, review=record)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -189,7 +239,7 @@ def _expected_bytes(annotation: Annotation) -> int:
     voxels = int(np.prod(image.GetSize()))
     image_bytes = voxels * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
     mask_bytes = annotation.mask.nbytes if annotation.mask is not None else 0
-    findings = len(annotation.boxes or []) + len(annotation.points or [])
+    findings = sum(len(getattr(annotation, k) or []) for k in ("boxes", "points", "negative_points", "negative_boxes"))
     return int(image_bytes + mask_bytes + 1024 * findings + 64 * 1024)
 
 
@@ -348,7 +398,7 @@ def _named_files(root: Path) -> set[Path] | None:
     named = set()
     for case in (doc or {}).get("cases", []):
         if isinstance(case, dict):
-            for key in ("image", "mask", "roi", "points", "boxes"):
+            for key in ("image", "mask", "roi", "points", "boxes", "negative_points", "negative_boxes"):
                 if isinstance(case.get(key), str):
                     named.add((root / case[key]).resolve())
     return named

@@ -4,7 +4,8 @@
 `lesiondetect infer` on a volume through an injected runner (`process.ChildProcess` in Slicer,
 a fake in the tests), passes progress on, and only once the child has succeeded reads its
 prediction folder and adds the overlays, so a cancel or a failure leaves the scene as it was.
-It then owns the live display (threshold, score filter, opacity), the findings, the boxes and
+It then owns the live display (threshold, score filter, opacity), the findings and their
+review (accept / reject / previous / next, "N of M reviewed"; review.py), the boxes and
 points the user adds, the export and the synthetic sample studies.  Everything it uses comes
 in through the constructor (scene, segmentations and application logics, runner, and for
 non-blocking runs something that calls `poll()` periodically: a QTimer in Slicer), so the
@@ -26,6 +27,23 @@ from pathlib import Path
 from typing import Protocol
 
 from . import process
+
+
+REVIEWER_SETTING = "LesionDetect/reviewer"
+
+
+class DictSettings:
+    """The part of QSettings the logic uses (value / setValue), in memory: the default outside
+    Slicer; LesionDetect.py passes qt.QSettings(), so the reviewer's name is kept across sessions."""
+
+    def __init__(self, values: dict | None = None) -> None:
+        self.values = dict(values or {})
+
+    def value(self, key: str, default=None):
+        return self.values.get(key, default)
+
+    def setValue(self, key: str, value) -> None:
+        self.values[key] = value
 
 
 class RunningProcess(Protocol):
@@ -112,11 +130,14 @@ class DetectionLogic:
     temp_dir:       where each run's work folder is made (default: the system's).
     poll_scheduler: calls `poll()` periodically during non-blocking runs; without one the
                     caller calls `poll()`.
+    settings:       module settings with QSettings' value/setValue (the reviewer's name);
+                    default: in memory (DictSettings).
     """
 
     def __init__(self, scene, segmentations_logic, *, runner: Runner | None = None, app_logic=None,
                  python: str | None = None, library_parent: str | Path | None = None,
-                 temp_dir: str | Path | None = None, poll_scheduler: PollScheduler | None = None) -> None:
+                 temp_dir: str | Path | None = None, poll_scheduler: PollScheduler | None = None,
+                 settings=None) -> None:
         self.scene = scene
         self.segmentations_logic = segmentations_logic
         self.runner = runner or process.ChildProcess
@@ -133,6 +154,8 @@ class DetectionLogic:
         self._job: _Job | None = None
         self._stop_polling: Callable[[], None] | None = None
         self._display = None  # (threshold, minimum score, opacity) last applied
+        self.settings = settings if settings is not None else DictSettings()
+        self.currentFindingId = None  # the finding the review is on
 
     @staticmethod
     def isSet(path) -> bool:
@@ -276,10 +299,29 @@ class DetectionLogic:
             raise
         self.result, self.prediction, self.userBoxes = result, prediction, []
         self._display = (result.threshold, 0.0, opacity)
+        self.currentFindingId = None
+        return result
+
+    def useResultInScene(self):
+        """Make the result nodes already in the scene (e.g. an .mrb saved during a review and
+        opened again) the current result, with the review states they carry; returns them, or
+        None when the scene holds no result.  The model's own output is not in a scene, so an
+        export from it counts as corrected."""
+        from . import overlay
+
+        result = overlay.nodes_in_scene(self.scene)
+        if result is None:
+            return None
+        composite = self.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        opacity = composite.GetForegroundOpacity() if composite is not None else 0.5
+        self.result, self.prediction, self.userBoxes = result, None, []
+        self._display = (result.threshold, 0.0, opacity)
+        self.currentFindingId = None
         return result
 
     def forgetResult(self) -> None:
         self.result, self.prediction, self.userBoxes, self._display = None, None, [], None
+        self.currentFindingId = None
 
     def displayChanged(self, threshold: float, minimumScore: float, opacity: float) -> bool:
         return self._display != (threshold, minimumScore, opacity)
@@ -310,6 +352,86 @@ class DetectionLogic:
         if self.result is None:
             return []
         return overlay.findings(self.result, self.segmentations_logic, minimumScore)
+
+    # --- review (review.py): states on the nodes, navigation, progress ------------------------
+
+    def _minimumScore(self) -> float:
+        return self._display[1] if self._display is not None else 0.0
+
+    def reviewFindings(self, minimumScore: float | None = None) -> list:
+        """The result's findings with their ids and review states (review.ReviewFinding), as the
+        findings table lists them: points and boxes under the score filter are left out."""
+        from . import review
+
+        if self.result is None:
+            return []
+        return review.list_findings(self.result, self.segmentations_logic, boxes=self.currentBoxes(),
+                                    min_score=self._minimumScore() if minimumScore is None else minimumScore)
+
+    def setFindingState(self, findingId: str, state: str) -> None:
+        from . import review
+
+        if self.result is None:
+            raise RuntimeError("Run a detection first.")
+        review.set_state(self.result, findingId, state, boxes=self.currentBoxes())
+        self.currentFindingId = findingId
+
+    def findingState(self, findingId: str) -> str:
+        from . import review
+
+        return review.get_state(self.result, findingId, self.segmentations_logic, boxes=self.currentBoxes())
+
+    def selectFinding(self, findingId: str | None) -> None:
+        self.currentFindingId = findingId
+
+    def nextFinding(self, step: int = 1, unreviewedOnly: bool = False):
+        """Move the review to the next (step=1) or previous (step=-1) finding and return it (its
+        `center_ras` is where the caller centres the views), or None when there is none."""
+        from . import review
+
+        finding = review.next_finding(self.reviewFindings(), self.currentFindingId, step=step,
+                                      unreviewed_only=unreviewedOnly)
+        self.currentFindingId = finding.id if finding is not None else self.currentFindingId
+        return finding
+
+    def previousFinding(self):
+        return self.nextFinding(step=-1)
+
+    def reviewCurrent(self, state: str):
+        """Give the current finding `state` (accepted / rejected) and move on to the next one still
+        unreviewed (None when every finding is reviewed).  Without a current finding nothing is
+        decided: the review goes to the first unreviewed one, so the user sees what they decide on."""
+        if self.currentFindingId is None:
+            return self.nextFinding(unreviewedOnly=True)
+        self.setFindingState(self.currentFindingId, state)
+        return self.nextFinding(unreviewedOnly=True)
+
+    def acceptCurrent(self):
+        return self.reviewCurrent("accepted")
+
+    def rejectCurrent(self):
+        return self.reviewCurrent("rejected")
+
+    def reviewProgress(self, findings=None) -> str:
+        """"N of M reviewed" for the findings table (or for `findings`)."""
+        from . import review
+
+        return review.progress_text(self.reviewFindings() if findings is None else findings)
+
+    def reviewerName(self) -> str:
+        """The reviewer recorded in exports: the module setting, else the login name."""
+        name = self.settings.value(REVIEWER_SETTING, "") or ""
+        if name:
+            return str(name)
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except Exception:  # noqa: BLE001 - no login name (e.g. no USER and no passwd entry)
+            return ""
+
+    def setReviewerName(self, name: str) -> None:
+        self.settings.setValue(REVIEWER_SETTING, (name or "").strip())
 
     def centreOn(self, finding) -> None:
         from . import overlay
@@ -353,7 +475,8 @@ class DetectionLogic:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "case"
 
     def exportResult(self, datasetFolder, caseId: str):
-        """Write the corrected result into a dataset (see export.export_from_scene)."""
+        """Write the corrected result into a dataset with its review: rejected findings left out
+        and kept as hard negatives, every finding's decision recorded (export.export_from_scene)."""
         from . import export
 
         result = self.result
@@ -363,7 +486,9 @@ class DetectionLogic:
             datasetFolder, caseId, result.input_volume, self.segmentations_logic,
             segmentation=_in_scene(result.segmentation), segment_id=result.segment_id,
             box_nodes=self.currentBoxes() if (result.boxes or self.userBoxes) else (),
-            points_node=_in_scene(result.points), prediction=self.prediction, threshold=result.threshold)
+            points_node=_in_scene(result.points), prediction=self.prediction, threshold=result.threshold,
+            review=True, classes_node=_in_scene(result.classes), probability_node=_in_scene(result.probability),
+            reviewer=self.reviewerName())
 
     def loadSampleStudy(self, kind: str, size: str = "full"):
         """A synthetic study made by LesionDetectLib.synth (no network) as a volume node shown in

@@ -16,7 +16,7 @@ import numpy as np
 
 from LesionDetectLib.prediction import Prediction
 
-from . import convert
+from . import convert, review
 
 INFERNO = "vtkMRMLColorTableNodeFileInferno.txt"
 COLD_TO_HOT = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
@@ -77,7 +77,39 @@ def add_prediction(scene, segmentations_logic, input_volume, prediction: Predict
                                                         prediction.region_names, prediction.geometry, input_volume,
                                                         name=f"{base} regions")
         nodes.regions.SetAttribute(convert.ROLE_ATTRIBUTE, "regions")
+    review.register(nodes, mask=mask)  # ids and states of the model's findings (review.py)
     return nodes
+
+
+def nodes_in_scene(scene) -> PredictionNodes | None:
+    """The result nodes of a scene that was saved and opened again (e.g. a .mrb), found by their
+    role attribute; the input volume is the segmentation's (or else the first other scalar
+    volume).  None when the scene holds no result."""
+    def by_role(class_name, role):
+        found = [scene.GetNthNodeByClass(n, class_name) for n in range(scene.GetNumberOfNodesByClass(class_name))]
+        return [node for node in found if node.GetAttribute(convert.ROLE_ATTRIBUTE) == role]
+
+    probability = next(iter(by_role("vtkMRMLScalarVolumeNode", "probability")), None)
+    segmentation = next(iter(by_role("vtkMRMLSegmentationNode", "segmentation")), None)
+    boxes = by_role("vtkMRMLMarkupsROINode", "box")
+    points = next(iter(by_role("vtkMRMLMarkupsFiducialNode", "points")), None)
+    classes = next(iter(by_role("vtkMRMLTableNode", "classes")), None)
+    regions = next(iter(by_role("vtkMRMLSegmentationNode", "regions")), None)
+    input_volume = None
+    if segmentation is not None:
+        input_volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+    if input_volume is None:
+        volumes = [scene.GetNthNodeByClass(n, "vtkMRMLScalarVolumeNode")
+                   for n in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+        input_volume = next((v for v in volumes if v.GetAttribute(convert.ROLE_ATTRIBUTE) is None
+                             and v.GetClassName() == "vtkMRMLScalarVolumeNode"), None)
+    if input_volume is None or not any(n is not None for n in (probability, segmentation, points, classes, *boxes)):
+        return None
+    threshold = None
+    if probability is not None and probability.GetDisplayNode() is not None:
+        threshold = float(probability.GetDisplayNode().GetLowerThreshold())
+    return PredictionNodes(input_volume=input_volume, probability=probability, segmentation=segmentation,
+                           boxes=boxes, points=points, classes=classes, regions=regions, threshold=threshold)
 
 
 def remove_prediction(scene, nodes: PredictionNodes) -> None:
@@ -128,7 +160,8 @@ def set_threshold(nodes: PredictionNodes, threshold: float, segmentations_logic)
     """Rebuild the lesion segment as probability >= threshold and move the display threshold.
 
     Returns the number of lesion voxels.  Hand edits to the segment are replaced: this is the
-    model's mask at a new threshold.
+    model's mask at a new threshold.  Review states stay: the new components are matched to the
+    recorded ones (review.sync_components).
     """
     if nodes.probability is None:
         raise ValueError("this result has no probability map to re-threshold")
@@ -140,6 +173,7 @@ def set_threshold(nodes: PredictionNodes, threshold: float, segmentations_logic)
         nodes.segmentation = convert.add_segmentation(scene, segmentations_logic, mask, geometry, nodes.input_volume)
     else:
         convert.set_segment_mask(nodes.segmentation, nodes.segment_id, mask, geometry, segmentations_logic)
+    review.sync_components(nodes.segmentation, nodes.segment_id, mask, geometry, probability)
     display = nodes.probability.GetDisplayNode()
     display.SetThreshold(threshold, max(1.0, threshold))
     nodes.threshold = float(threshold)
