@@ -5,12 +5,15 @@ A folder with `dataset.json` (nnU-Net/MSD style) and the files it names:
     {"name": "...", "modality": "CT" | "MR" | "NM",
      "labels": {"0": "background", "1": "lesion"},
      "cases": [{"id", "patient", "image", "mask"?, "roi"?, "points"?, "boxes"?,
-                "label"?, "split"?, ...}]}
+                "negative_points"?, "negative_boxes"?, "label"?, "split"?, "review"?, ...}]}
 
 `image`, `mask` (lesion mask, .seg.nrrd or .nii.gz), `roi` (the region a method works in:
 bone mask, brain mask), `points` (fiducial .mrk.json) and `boxes` (ROI .mrk.json) are paths
-relative to dataset.json or absolute.  Any other keys (e.g. "key_slices", "classes",
-"provenance") are kept as they are.  Splits are always made by patient.
+relative to dataset.json or absolute.  `negative_points` / `negative_boxes` (same forms) are
+detections a reviewer rejected in Slicer (the export writes them, scores kept): confirmed
+non-lesions that training may use as hard negatives (`hard_negatives`).  Any other keys (e.g.
+"key_slices", "classes", "provenance", "review" - a case with "review" has been reviewed,
+which `lesiondetect rank` reads) are kept as they are.  Splits are always made by patient.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from .files import read_json, write_json
 
 DATASET_FILE = "dataset.json"
 MODALITIES = ("CT", "MR", "NM")
-PATH_KEYS = ("image", "mask", "roi", "points", "boxes")
+PATH_KEYS = ("image", "mask", "roi", "points", "boxes", "negative_points", "negative_boxes")
+NEGATIVE_KEYS = ("negative_points", "negative_boxes")  # rejected detections (hard negatives)
 
 
 @dataclass
@@ -45,6 +49,13 @@ class Case:
     label: Any = None
     split: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    negative_points: Path | None = None  # rejected detections (Fiducial .mrk.json), see hard_negatives
+    negative_boxes: Path | None = None  # rejected detections (ROI .mrk.json)
+
+    @property
+    def reviewed(self) -> bool:
+        """Whether a reviewer has been through this case (the export adds a "review" entry)."""
+        return self.extra.get("review") is not None
 
 
 @dataclass
@@ -226,7 +237,7 @@ def _case_file_problems(root: Path, entry: dict, modality: str | None, label_val
         if isinstance(entry.get(key), str):
             problems += [f"{key} {p}" for p in _mask_problems(_resolve(root, entry[key]), geom,
                                                              label_values if key == "mask" else None)]
-    for key in ("points", "boxes"):
+    for key in ("points", "boxes", *NEGATIVE_KEYS):
         if isinstance(entry.get(key), str):
             problems += [f"{key} {p}" for p in _markup_problems(_resolve(root, entry[key]), key, geom)]
     return problems
@@ -276,17 +287,46 @@ def _markup_problems(path: Path, key: str, image_geometry) -> list[str]:
     from . import markups
 
     try:
-        items = markups.read_points(path) if key == "points" else markups.read_boxes(path)
+        is_points = key.endswith("points")
+        items = markups.read_points(path) if is_points else markups.read_boxes(path)
     except LesionDetectError as exc:
         return [str(exc)]
-    what = "point" if key == "points" else "box centre"
-    positions = [it.position for it in items] if key == "points" else [it.center for it in items]
+    what = "point" if is_points else "box centre"
+    positions = [it.position for it in items] if is_points else [it.center for it in items]
     return [f"{path}: {what} {n} at LPS {_r(pos)} mm lies outside the image (was it placed on another image?)"
             for n, pos in enumerate(positions) if not image_geometry.contains(pos)]
 
 
 def _r(values) -> list[float]:
     return [round(float(v), 3) for v in values]
+
+
+def hard_negatives(case: Case) -> tuple[list, list]:
+    """(rejected points, rejected boxes) of a case: the detections a reviewer rejected, read
+    from its "negative_points" (Fiducial) and "negative_boxes" (ROI) markups, scores kept, as
+    `LesionPoint`s and `LesionBox`es in LPS; empty lists when it has none.  A named file that is
+    missing or not a markups file of that kind is a `LesionDetectError` naming the file (a
+    broken export stops training rather than training without its negatives)."""
+    from . import markups
+
+    points, boxes = [], []
+    for key, reader, out in (("negative_points", markups.read_points, points),
+                             ("negative_boxes", markups.read_boxes, boxes)):
+        path = getattr(case, key, None)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise input_error(path, f'not found: case "{case.id}" names it as its "{key}" (detections rejected '
+                                    "in review); export the case again or remove the key")
+        out += reader(path)
+    return points, boxes
+
+
+def hard_negative_centres(case: Case) -> np.ndarray:
+    """Centres (N, 3) LPS of a case's rejected detections: its rejected points, then its
+    rejected boxes' centres."""
+    points, boxes = hard_negatives(case)
+    return np.array([p.position for p in points] + [b.center for b in boxes], dtype=float).reshape(-1, 3)
 
 
 def read_mask(path: str | os.PathLike, geometry=None) -> np.ndarray:

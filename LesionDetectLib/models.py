@@ -167,11 +167,12 @@ def load_pretrained_weights(file_name: str, path: str | os.PathLike | None = Non
 
 
 def shipped_model_dir(method: str) -> Path | None:
-    """The default model shipped for `method`: $LESIONDETECT_MODELS/<method>, else the
-    extension's Resources/models/<method> (source tree or installed beside the library)."""
+    """The model shipped for `method` (version 1 in the model library, read-only): the
+    extension's Resources/models/<method> (source tree or installed beside the library).
+    Inference without --model runs `library.active_model_dir(method)`, which is this one
+    unless the user made another version active."""
     here = Path(__file__).resolve().parent
-    roots = [Path(os.environ["LESIONDETECT_MODELS"])] if os.environ.get("LESIONDETECT_MODELS") else []
-    roots += [here.parent / "Resources" / "models", here / "Resources" / "models"]
+    roots = [here.parent / "Resources" / "models", here / "Resources" / "models"]
     for root in roots:
         if (root / method / CARD_FILE).exists():
             return root / method

@@ -24,6 +24,7 @@ import torch
 from .dataset import check_dataset
 from .errors import LesionDetectError, input_error
 from .files import atomic_path, check_free_space, check_out_dir, fault_point, read_json
+from .lineage import describe_finetune, metric_numbers
 from .models import ModelCard, card_problems, save_model, weights_bytes
 from .progress import progress, report
 
@@ -63,6 +64,29 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "self_paced_start": 0.0,
     "self_paced_epochs": 10,
 }
+
+
+# Fine-tuning (`train --init MODEL`): the parent's configuration, then this short schedule,
+# then what the user sets (--config/--set/--epochs).  The parent's learning rate times
+# FINETUNE_LR_FACTOR, a one-epoch warm-up and no extra phases (hard examples, self-paced
+# learning), so a few epochs adapt the model without undoing what it learnt.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "lr_schedule": "warmup_cosine",
+    "warmup_epochs": 1,
+    "hard_example_epochs": 0,
+    "self_paced_start": 0.0,
+    "time_limit_minutes": 0,
+    "pretrained": False,  # the parent's weights replace any ImageNet/COCO start
+    "weights": None,
+}
+FINETUNE_LR_FACTOR = 0.1
+
+
+def finetune_config(parent_config: dict) -> dict:
+    """The fine-tuning schedule on top of a parent model's config (FINETUNE_DEFAULTS)."""
+    lr = float(parent_config.get("lr", TRAINER_DEFAULTS["lr"])) * FINETUNE_LR_FACTOR
+    return merge_config(parent_config, FINETUNE_DEFAULTS, {"lr": lr})
 
 
 def _setting(config: dict, key: str):
@@ -138,14 +162,15 @@ def check_config(update: dict | None, defaults: dict, source: str, owner: str = 
 
 
 def training_config(method, config_path: str | os.PathLike | None = None, overrides: dict | None = None,
-                    overrides_source: str = "--set") -> dict:
+                    overrides_source: str = "--set", base: dict | None = None) -> dict:
     """The configuration a training run of `method` uses: the trainer's and the method's
-    defaults, updated by the config file and the overrides, each checked for unknown keys."""
+    defaults (or `base`, e.g. a parent model's fine-tuning config), updated by the config
+    file and the overrides, each checked for unknown keys."""
     defaults = config_defaults(method)
     from_file = read_config(config_path)
     check_config(from_file, defaults, str(config_path), method.name)
     check_config(overrides, defaults, overrides_source, method.name)
-    return merge_config(defaults, from_file, overrides)
+    return merge_config(defaults, base, from_file, overrides)
 
 
 def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
@@ -203,12 +228,23 @@ def reduce_loss(loss: torch.Tensor, lam: float, self_paced: bool) -> tuple[torch
     return (loss * keep).sum() / keep.sum().clamp(min=1.0), per_sample
 
 
-def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, config_path=None,
-          overrides: dict | None = None, device: str = "auto", resume: bool = False) -> Path:
-    """Train a method on a dataset folder and write the model to `out`; returns `out`."""
+def train(method_name: str | None, data: str | os.PathLike, out: str | os.PathLike, config_path=None,
+          overrides: dict | None = None, device: str = "auto", resume: bool = False,
+          init: str | os.PathLike | None = None, recalibrate: bool = False) -> Path:
+    """Train a method on a dataset folder and write the model to `out`; returns `out`.
+
+    With `init` (a trained model folder) the run fine-tunes that model: its method (a
+    different `method_name` is an error), weights and config, the FINETUNE_DEFAULTS schedule
+    on top, and a card whose training.lineage names the parent (`describe_finetune`).  It keeps
+    the parent's decision thresholds (and the config values its calibration chose) unless
+    `recalibrate`: a case or two of fine-tuning data would overfit them (see
+    Testing/benchmarks/flair_finetune_one_case.py)."""
     from .methods import get_method
 
-    method = get_method(method_name)
+    parent = _load_parent(init, method_name, data) if init is not None else None
+    if parent is None and not method_name:
+        raise LesionDetectError("train needs --method NAME, or --init MODEL to fine-tune a trained model")
+    method = get_method(parent["card"].method if parent else method_name)
     out = Path(out)
     if (out / "model.json").exists():
         raise input_error(out, "already holds a trained model; choose another --out")
@@ -218,7 +254,8 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         raise input_error(out, f"holds folders ({', '.join(folders[:3])}); write the model into a new or empty folder")
     if out.resolve() in (Path(data).resolve(), Path(data).resolve().parent if Path(data).is_file() else None):
         raise input_error(out, "is the dataset folder itself; write the model into a folder of its own")
-    config = training_config(method, config_path, overrides)
+    base = finetune_config(parent["card"].config) if parent else None  # fine-tuning: the parent's config
+    config = training_config(method, config_path, overrides, base=base)
     problems = card_problems(ModelCard(method.name, method.modality, config), config_defaults(method))
     if problems:
         raise LesionDetectError(f"invalid {method.name} training config: " + "; ".join(problems))
@@ -227,6 +264,8 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     seed_everything(seed)
     dev = select_device(device)
     model = method.build_model(config, pretrained=bool(config["pretrained"] or config["weights"])).to(dev)
+    if parent:
+        _start_from_parent(model, parent, config_path, overrides)
     # room for the model and a checkpoint (weights + optimizer state) before any training
     check_free_space(out, 3 * weights_bytes(model.state_dict()) + 2**20, "the model and its checkpoints")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -238,6 +277,10 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
     train_set, val_set = method.training_data(dataset, config, seed)
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
+    if parent:  # the parent on this run's validation part, before any step
+        parent["before"] = validation_metrics(method, parent["model"].to(dev), parent["card"], config, dataset,
+                                              val_set, dev)
+        parent["model"] = None  # its weights are in `model` now; free the copy
     generator = torch.Generator().manual_seed(seed)
 
     def make_loader(samples):
@@ -316,7 +359,10 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
         epoch += 1
     model.eval()
     history = [{k: v for k, v in h.items() if k != "sample_losses"} for h in history]
-    thresholds = method.calibrate(model, dataset, config, dev)
+    if parent and not recalibrate:
+        thresholds = dict(parent["card"].thresholds)
+    else:
+        thresholds = method.calibrate(model, dataset, config, dev)
     card = ModelCard(
         method=method.name, modality=method.modality, config=config, thresholds=thresholds,
         training={"dataset": dataset.name, "dataset_path": str(dataset.root), "cases": len(dataset.cases),
@@ -324,8 +370,65 @@ def train(method_name: str, data: str | os.PathLike, out: str | os.PathLike, con
                   "val_samples": len(val_set) if val_set is not None else 0, "history": history,
                   "seconds": round(time.perf_counter() - t0, 1), "device": str(dev)},
     )
+    if parent:
+        after = validation_metrics(method, model, card, config, dataset, val_set, dev)
+        describe_finetune(card, parent["card"], parent["path"], parent["before"], dataset, after, recalibrate)
     save_model(out, model.state_dict(), card, drop=[CHECKPOINT])  # weights, card and no checkpoint: one swap
     return out
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+def _load_parent(init, method_name: str | None, data) -> dict:
+    """The parent of a fine-tuning run: {"path", "card", "model"} (its config completed with
+    the method's defaults, its weights checked against the card's sha256), refused when
+    `method_name` or the dataset's modality differ from the model's."""
+    from .dataset import load_dataset
+    from .models import read_card
+
+    model_dir, card = read_card(init)
+    name = f"model {model_dir} ({card.model_id or card.method})"
+    if method_name and method_name != card.method:
+        raise input_error(model_dir, f"is a {card.method} model; --init fine-tunes it with its own method, so "
+                                     f"leave out --method {method_name}")
+    try:
+        modality = load_dataset(data).modality
+    except LesionDetectError:
+        modality = None  # check_dataset lists what is wrong
+    if modality is not None and modality != card.modality:
+        raise input_error(data, f"is a {modality} dataset; {name} is a {card.method} model for {card.modality} "
+                                "images")
+    _, model, card, _ = load_trained(model_dir, card.method, device="cpu")
+    return {"path": model_dir, "card": card, "model": model}
+
+
+def _start_from_parent(model, parent: dict, config_path, overrides) -> None:
+    """Load the parent's weights into this run's network; a config that changes the network
+    is refused (fine-tuning keeps the parent's architecture)."""
+    try:
+        model.load_state_dict(parent["model"].state_dict())
+    except Exception as exc:  # noqa: BLE001 - torch names the first tensor that does not fit
+        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:300] or type(exc).__name__
+        source = " and ".join(([f"--config {config_path}"] if config_path else []) + (["--set"] if overrides else []))
+        raise LesionDetectError(f"{parent['path']}: {source or 'the config'} changes the network of model "
+                                f"{parent['card'].model_id} ({reason}); fine-tuning keeps the parent's "
+                                "architecture") from None
+
+
+def validation_metrics(method, model, card: ModelCard, config: dict, dataset, val_set, device) -> dict:
+    """What fine-tuning compares before and after, kept cheap: the method's validation loss on
+    the run's validation samples and, where the method's `evaluate` works on the dataset's
+    validation cases, its numbers (lists such as curves and per-case rows left out).  Both
+    are None (with the reason) when the run has no validation samples."""
+    if val_set is None or not len(val_set):
+        return {"val_loss": None, "evaluate": None, "note": "the dataset gives this method no validation samples"}
+    result = {"val_loss": round(validation_loss(method, model, val_set, config, device), 6)}
+    scored = ModelCard(method.name, method.modality, copy.deepcopy(config), thresholds=dict(card.thresholds))
+    try:
+        result["evaluate"] = metric_numbers(method.evaluate(model.eval(), scored, dataset, device, split="val"))
+    except Exception as exc:  # noqa: BLE001 - "where it works": the reason is recorded instead
+        result["evaluate"] = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+    return result
 
 
 def _resume(path: Path, model, optimizer, device) -> tuple[int, list]:

@@ -12,6 +12,20 @@ SHARED = Path(os.environ.get("LESIONDETECT_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_library(tmp_path_factory):
+    """Every test sees an empty model library of its own (LesionDetectLib/library.py), never the
+    developer's ~/.lesiondetect/models: inference without --model then runs the shipped model."""
+    folder = tmp_path_factory.mktemp("model-library")
+    old = os.environ.get("LESIONDETECT_MODELS")
+    os.environ["LESIONDETECT_MODELS"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("LESIONDETECT_MODELS", None)
+    else:
+        os.environ["LESIONDETECT_MODELS"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not DATA.is_dir():

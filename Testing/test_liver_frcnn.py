@@ -577,3 +577,55 @@ def test_shipped_model_runs_through_infer_without_model(tmp_path, run_cli):
     assert pred.provenance.model_id == card.model_id
     assert pred.provenance.parameters["min_box_mm"] == card.config["min_box_mm"]
     assert all(b.score >= card.thresholds["score"] for b in pred.boxes)
+
+
+def test_mask_training_slices_box_each_lesion_on_every_slice_it_shows_and_add_lesion_free_slices(tmp_path):
+    """train_slices "mask": one sample per slice where the lesion shows at least
+    lesion_slice_fraction of its largest cross-section, its box from the mask on that slice
+    (the key slice's box among them); negative_slices adds lesion-free slices with no target,
+    none within the 3-slice stack's reach of a lesion."""
+    rng = np.random.default_rng(3)
+    image, truth = liver_volume(rng, shape=(24, 48, 56))
+    (kz, ky0, kx0, ky1, kx1, zmin, zmax), = truth
+    arr = sitk.GetArrayFromImage(image)
+    mask = sitk.GetImageFromArray(((arr < 30) & (arr > -30)).astype(np.uint8))  # the 0 HU ball, not fat or liver
+    mask.CopyInformation(image)
+    (tmp_path / "images").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "images" / "c0.nrrd"))
+    sitk.WriteImage(mask, str(tmp_path / "images" / "c0_mask.nrrd"))
+    write_dataset_json(tmp_path, "tiny-liver", "CT", [{
+        "id": "c0", "patient": "p0", "image": "images/c0.nrrd", "mask": "images/c0_mask.nrrd",
+        "key_slices": [{"slice": kz, "box": [float(kx0), float(ky0), float(kx1), float(ky1)]}]}])
+    case = load_dataset(tmp_path).cases[0]
+    method = get_method("liver-frcnn")
+    key = case_stacks(case, method.defaults)
+    assert len(key) == 1 and key[0][1].tolist() == [[kx0, ky0, kx1, ky1]]
+    cfg = {**method.defaults, "train_slices": "mask", "lesion_slice_fraction": 0.3, "negative_slices": 1.0}
+    items = case_stacks(case, cfg)
+    lesion = [(stack, boxes) for stack, boxes in items if len(boxes)]
+    free = [stack for stack, boxes in items if not len(boxes)]
+    areas = [(((arr[z] < 30) & (arr[z] > -30)).sum()) for z in range(arr.shape[0])]
+    expected = [z for z in range(arr.shape[0]) if areas[z] and areas[z] >= 0.3 * max(areas)]
+    assert len(lesion) == len(expected) > 1
+    assert any(b.tolist() == [[kx0, ky0, kx1, ky1]] for _, b in lesion)  # the key slice's box is one of them
+    assert len(free) == len(lesion)
+    slices_of = {three_slice_stack(sitk.GetArrayFromImage(image).astype(np.float32), z, 0.8, cfg["window"]).tobytes(): z
+                 for z in range(arr.shape[0])}
+    reach = int(np.ceil(2.0 / 2.5)) + 1
+    for stack in free:
+        z = slices_of[stack.tobytes()]
+        assert all(abs(z - e) > reach for e in expected)
+    samples = KeySliceSamples([case], {**cfg, "image_size": 112, "train_crop": 40}, train=True)
+    assert len(samples) == len(items)
+    empty = [samples[i] for i in range(len(samples)) if not len(samples.items[i][1])]
+    assert all(im.shape == (3, 40, 40) and t["boxes"].shape == (0, 4) for im, t in empty)
+    assert len(KeySliceSamples([case], cfg, train=False)) == len(lesion)  # validation: lesion slices only
+
+
+def test_training_cases_read_by_worker_processes_give_the_same_samples(tmp_path):
+    ds = load_dataset(write_liver_dataset(tmp_path / "ds", n_cases=3, lesions=2))
+    cfg = get_method("liver-frcnn").defaults
+    alone = KeySliceSamples(ds.cases, cfg, train=True).items
+    pooled = KeySliceSamples(ds.cases, {**cfg, "load_workers": 2}, train=True).items
+    assert len(alone) == len(pooled) == 6
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(alone, pooled))

@@ -36,7 +36,9 @@ def add_parser(sub) -> None:
                                    "images failed: their rows say why).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model directory (with model.json)")
-    src.add_argument("--method", choices=method_names(), help="use the model shipped for this method")
+    src.add_argument("--method", choices=method_names(),
+                     help="use the active version of this method's model (the shipped one unless `lesiondetect "
+                          "models use` chose another)")
     p.add_argument("--input", required=True,
                    help="image file or DICOM series folder; or, for a batch, a folder of image files or a .txt "
                         "file with one image path per line (relative to the list; '#' starts a comment line)")
@@ -63,9 +65,9 @@ def add_parser(sub) -> None:
 def resolve_model(args) -> Path:
     if args.model:
         return Path(args.model)
-    from ..models import shipped_model_dir
+    from ..library import active_model_dir
 
-    path = shipped_model_dir(args.method)
+    path = active_model_dir(args.method)  # the version `lesiondetect models use` made active (1: the shipped one)
     if path is None:
         raise LesionDetectError(f"no model is shipped for method '{args.method}'; train one and pass --model")
     return path

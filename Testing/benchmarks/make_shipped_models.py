@@ -37,9 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from LesionDetectLib import markups  # noqa: E402
-from LesionDetectLib.dataset import load_dataset, read_mask, write_dataset_json  # noqa: E402
+from LesionDetectLib.dataset import load_dataset, write_dataset_json  # noqa: E402
 from LesionDetectLib.files import write_json  # noqa: E402
-from LesionDetectLib.geometry import Geometry  # noqa: E402
 from LesionDetectLib.io import read_image, require_scalar_volume  # noqa: E402
 from LesionDetectLib.metrics.matching import match_detections, point_hits  # noqa: E402
 from LesionDetectLib.models import ModelCard, load_model, read_card, save_model  # noqa: E402
@@ -62,10 +61,19 @@ def log(*args) -> None:
     print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
+# Two recipes per method: "cpu" fits 2 CPU cores, "gpu" (more studies, more epochs, the same
+# network, so the same CPU cost at inference) is the one the shipped models were made with.
+LIVER_RECIPES = {"cpu": {"config": "shipped.json", "train_cases": 20, "heldout_cases": 4},
+                 "gpu": {"config": "gpu-shipped.json", "train_cases": 128, "heldout_cases": 8}}
+BONE_RECIPES = {"cpu": {"config": "shipped.json", "generated": 20, "train_cases": 12},
+                "gpu": {"config": "gpu-shipped.json", "generated": 40, "train_cases": 40}}
+SETTINGS = {"recipe": "cpu", "jobs": 1, "stop_after_training": False}
+
+
 def synthetic(kind: str, out: Path, cases: int, seed: int) -> Path:
     if not (out / "dataset.json").exists():
         log(f"synth {kind} seed {seed}: {cases} full cases -> {out}")
-        generate(kind, out, cases=cases, seed=seed, size="full")
+        generate(kind, out, cases=cases, seed=seed, size="full", jobs=SETTINGS["jobs"])
     return out
 
 
@@ -146,8 +154,6 @@ def without_roi(src: Path, dest: Path, cases: int) -> Path:
 def bone_choose_postprocessing(method, model, card, cases, device, work: Path) -> dict:
     """Lesion threshold, minimum lesion size and component score with the best lesion F1 on
     `cases` (the validation volumes), from their parsed maps."""
-    from LesionDetectLib.methods.bone_ct_patch import parsing
-
     config = card.config
     maps = []
     for case in cases:
@@ -203,6 +209,20 @@ def cache_patch_sets(folder: Path) -> None:
     original = BoneCTPatch.patch_set
     if getattr(original, "cached", False):
         return
+
+    def sampled(self, cases, config, seed):
+        # each case's patches depend only on (seed, case id): cases can be sampled in parallel
+        if SETTINGS["jobs"] <= 1 or len(cases) <= 1:
+            return original(self, cases, config, seed)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, not forked: a fork after torch has started its thread pool can hang the child
+        with ProcessPoolExecutor(min(SETTINGS["jobs"], len(cases)), mp_context=multiprocessing.get_context("spawn")
+                                 ) as pool:
+            parts = list(pool.map(_case_patches, [[c] for c in cases], [config] * len(cases), [seed] * len(cases)))
+        return patch_data.PatchSet(torch.cat([q.patches for q in parts]), torch.cat([q.labels for q in parts]),
+                                   [i for q in parts for i in q.case_ids])
     keys = ("positive_sampling", "augment", "negatives_per_positive", "negative_margin_mm", "near_negative_fraction",
             "near_negative_mm", "patch_mm", "patch_pixels", "context_pixels", "exclusion_z_mm", "positive_shift_mm",
             "bone_threshold_hu", "bone_closing_mm", "bone_min_component_mm3", "bone_margin_mm")
@@ -213,12 +233,24 @@ def cache_patch_sets(folder: Path) -> None:
         if path.exists():
             d = torch.load(path, weights_only=True)
             return patch_data.PatchSet(d["patches"], d["labels"], d["ids"])
-        samples = original(self, cases, config, seed)
+        samples = sampled(self, cases, config, seed)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"patches": samples.patches, "labels": samples.labels, "ids": samples.case_ids}, path)
         return samples
     patch_set.cached = True
+    UNCACHED["patch_set"] = original
     BoneCTPatch.patch_set = patch_set
+
+
+UNCACHED = {}  # BoneCTPatch.patch_set before cache_patch_sets wrapped it (the worker processes call it)
+
+
+def _case_patches(cases, config, seed):
+    from LesionDetectLib.methods import get_method
+
+    torch.set_num_threads(1)  # one of many worker processes
+    method = get_method("bone-ct-patch")
+    return UNCACHED.get("patch_set", type(method).patch_set)(method, cases, config, seed)
 
 
 def make_bone_ct_patch(work: Path, device: torch.device, do_install: bool) -> dict:
@@ -226,15 +258,19 @@ def make_bone_ct_patch(work: Path, device: torch.device, do_install: bool) -> di
     work = work / name
     work.mkdir(parents=True, exist_ok=True)
     cache_patch_sets(work / "patch_cache")
-    # 12 of the 20 generated cases: on 2 CPU cores shared by 3-4 engineers, reading a full CT and
-    # making its bone mask alone took about a minute per volume
-    generated, train_cases, train_seed, heldout_seed, heldout_cases = 20, 12, 0, 11, 5
+    # cpu: 12 of the 20 generated cases (on 2 CPU cores shared by 3-4 engineers, reading a full CT
+    # and making its bone mask alone took about a minute per volume); gpu: all 40
+    recipe = BONE_RECIPES[SETTINGS["recipe"]]
+    generated, train_cases, train_seed = recipe["generated"], recipe["train_cases"], 0
+    heldout_seed, heldout_cases = 11, 5
     study = synthetic("bone-ct", work / "synth_train", generated, train_seed)
     data = without_roi(study, work / "train", train_cases)
     model_dir = work / "model"
     if not (model_dir / "model.json").exists():
-        log("training bone-ct-patch")
-        train(name, data, model_dir, config_path=CONFIGS / name / "shipped.json", device=str(device), resume=True)
+        log(f"training bone-ct-patch ({recipe['config']})")
+        train(name, data, model_dir, config_path=CONFIGS / name / recipe["config"], device=str(device), resume=True)
+    if SETTINGS["stop_after_training"]:
+        return {}
     method, model, card, device = load_trained(model_dir, device=str(device))
     ds = load_dataset(data)
     splits = method.split_cases(ds, card.config)
@@ -286,7 +322,8 @@ def make_bone_ct_patch(work: Path, device: torch.device, do_install: bool) -> di
                     "osteolytic and 15 % sclerotic lesions of 3-20 mm), bone masks from HU; split by patient "
                     f"(config split, with the default test share): {len(splits['train'])} training volumes, "
                     f"validation {', '.join(c.id for c in val)}, {len(splits['test'])} left unused; no real data",
-            "recipe": f"{CONFIGS.relative_to(ROOT) / name / 'shipped.json'} (Testing/benchmarks/make_shipped_models.py)",
+            "recipe": f"{CONFIGS.relative_to(ROOT) / name / recipe['config']} (Testing/benchmarks/make_shipped_models.py "
+                      f"--method bone-ct-patch --recipe {SETTINGS['recipe']})",
             "licence": SYNTHETIC_LICENCE,
             "intended_use": INTENDED_USE + "; finds osteolytic bone lesions in CT as points with scores, a "
                             "probability map and a lesion mask",
@@ -350,6 +387,14 @@ def liver_choose_postprocessing(method, model, card, cases, device, work: Path) 
     return best
 
 
+def training_slices_text(config: dict) -> str:
+    if config.get("train_slices") == "mask":
+        return (f"every slice where a lesion shows at least {config['lesion_slice_fraction']:.0%} of its largest "
+                f"cross-section (boxes from the lesion mask) plus {config['negative_slices']} lesion-free slices per "
+                "lesion slice (empty targets)")
+    return "their DeepLesion-style key slices"
+
+
 # a liver model that finds too few held-out lesions is not installed (the demo then shows the
 # ground truth and says no model ships); the bone-ct-patch model installed had 0.31
 LIVER_MIN_F1 = 0.3
@@ -359,12 +404,15 @@ def make_liver_frcnn(work: Path, device: torch.device, do_install: bool) -> dict
     name = "liver-frcnn"
     work = work / name
     work.mkdir(parents=True, exist_ok=True)
-    train_cases, train_seed, heldout_seed, heldout_cases = 20, 1, 2, 4
+    recipe = LIVER_RECIPES[SETTINGS["recipe"]]
+    train_cases, train_seed, heldout_seed, heldout_cases = recipe["train_cases"], 1, 2, recipe["heldout_cases"]
     data = synthetic("liver-ct", work / "synth_train", train_cases, train_seed)
     model_dir = work / "model"
     if not (model_dir / "model.json").exists():
-        log("training liver-frcnn")
-        train(name, data, model_dir, config_path=CONFIGS / name / "shipped.json", device=str(device), resume=True)
+        log(f"training liver-frcnn ({recipe['config']})")
+        train(name, data, model_dir, config_path=CONFIGS / name / recipe["config"], device=str(device), resume=True)
+    if SETTINGS["stop_after_training"]:
+        return {}
     method, model, card, device = load_trained(model_dir, device=str(device))
     val = method.cases(load_dataset(data), card.config, "val", int(card.config.get("seed", 0)))
     log(f"choosing post-processing on {len(val)} validation volumes: {[c.id for c in val]}")
@@ -421,10 +469,12 @@ def make_liver_frcnn(work: Path, device: torch.device, do_install: bool) -> dict
         c.training.update({
             "data": f"{train_cases} synthetic liver-ct studies (`lesiondetect synth liver-ct --size full --seed "
                     f"{train_seed} --cases {train_cases}`: portal-venous abdominal CT, 0.8 mm in-plane, 2.5-5 mm "
-                    "slices, hypo- and hyperdense liver lesions of 5-50 mm), their DeepLesion-style key slices; "
+                    "slices, hypo- and hyperdense liver lesions of 5-50 mm), " + training_slices_text(c.config) + "; "
                     f"{1 - float(c.config['val_fraction']):.0%} / {float(c.config['val_fraction']):.0%} train / "
                     f"validation by patient (validation volumes: {', '.join(v.id for v in val)}); no real data "
                     "(no labelled real liver CT exists in ../shared/data)",
+            "recipe": f"{CONFIGS.relative_to(ROOT) / name / recipe['config']} (Testing/benchmarks/make_shipped_models.py "
+                      f"--method liver-frcnn --recipe {SETTINGS['recipe']})",
             "licence": SYNTHETIC_LICENCE,
             "intended_use": INTENDED_USE + "; draws 3-D boxes around focal liver lesions in contrast CT",
             "postprocessing": {"chosen_on": "lesion-level F1 on the validation volumes", **best},
@@ -489,7 +539,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--install", action="store_true", help="write the models into Resources/models/<method>")
+    ap.add_argument("--recipe", choices=sorted(LIVER_RECIPES), default="cpu",
+                    help="bone-ct-patch and liver-frcnn: the 2-core CPU recipe or the GPU one the shipped models "
+                         "were made with")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="processes generating the synthetic studies and sampling bone-ct-patch's patches")
+    ap.add_argument("--stop-after-training", action="store_true",
+                    help="train only (e.g. on a GPU machine); a second run without it finishes the model")
     args = ap.parse_args(argv)
+    SETTINGS.update(recipe=args.recipe, jobs=args.jobs, stop_after_training=args.stop_after_training)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     for name in (MAKERS if args.method == "all" else [args.method]):

@@ -224,6 +224,25 @@ def clear_of_positives(centres_zyx: np.ndarray, lesions_zyx: np.ndarray, spacing
     return ok
 
 
+def rejected_positions(rejected_zyx: np.ndarray, lesions_zyx: np.ndarray, spacing_xyz, rng: np.random.Generator,
+                       augment: int, patch_mm: float, exclusion_z_mm: float, shift_mm: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(centres zyx, labels 0, angles, mirror) of negatives centred on detections a reviewer
+    rejected (dataset.hard_negatives; not in the paper): `augment` patches per rejected
+    location, rotated and mirrored like the positives (the first one unaugmented), so a
+    confirmed false positive weighs as much as a lesion.  A rejected location whose patch
+    would overlap a positive's (the random negatives' rule, `clear_of_positives`) is left out:
+    it is a duplicate of a lesion, not a lesion-free place."""
+    rejected = np.asarray(rejected_zyx, float).reshape(-1, 3)
+    rejected = rejected[clear_of_positives(rejected, lesions_zyx, spacing_xyz, patch_mm, exclusion_z_mm, shift_mm)]
+    centres = np.repeat(rejected, max(1, int(augment)), axis=0)
+    angles = rng.uniform(0, 2 * math.pi, len(centres))
+    mirror = rng.random(len(centres)) < 0.5
+    angles[::max(1, int(augment))] = 0.0
+    mirror[::max(1, int(augment))] = False
+    return centres, np.zeros(len(centres), np.float32), angles, mirror
+
+
 class PatchSet(torch.utils.data.Dataset):
     """Fixed HU patches (N, 1, P, P) with labels (N,) and where each came from."""
 

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from ... import markups
-from ...dataset import Dataset, cases_for, read_mask, split_cases
+from ...dataset import Dataset, cases_for, hard_negative_centres, read_mask, split_cases
 from ...errors import LesionDetectError, input_error
 from ...geometry import Geometry
 from ...models import ModelCard
@@ -90,6 +90,9 @@ class BoneCTPatch(Method):
         # hard-negative mining (not in the paper): after `epochs`, this many of each training
         # volume's strongest false candidates become negatives for `hard_example_epochs` more
         "hard_negatives_per_volume": 0,
+        # detections a reviewer rejected in Slicer (a case's "negative_points" / "negative_boxes",
+        # dataset.hard_negatives) become negative patches, `augment` per location (not in the paper)
+        "rejected_negatives": True,
         "split": {"train": 0.72, "val": 0.10, "test": 0.18},
         "split_seed": 0,
         # volume parsing and candidates
@@ -136,6 +139,15 @@ class BoneCTPatch(Method):
                                          float(config["bone_closing_mm"]), float(config["bone_min_component_mm3"]),
                                          float(config["bone_margin_mm"]))
 
+    @staticmethod
+    def rejected_zyx(case, geometry: Geometry) -> np.ndarray:
+        """The case's rejected detections (dataset.hard_negatives) inside the image, as
+        continuous zyx indices."""
+        lps = hard_negative_centres(case)
+        if not len(lps):
+            return np.zeros((0, 3))
+        return geometry.lps_to_index(lps[np.asarray(geometry.contains(lps), bool).reshape(-1)])[:, ::-1].reshape(-1, 3)
+
     def split_cases(self, dataset: Dataset, config) -> dict[str, list]:
         """The dataset's own splits when it has them, else 72/10/18 by patient."""
         return split_cases(dataset.cases, config["split"], int(config["split_seed"]))
@@ -162,6 +174,13 @@ class BoneCTPatch(Method):
                     bone, lesions, geometry.spacing, rng, int(config["augment"]),
                     float(config["negatives_per_positive"]), float(config["patch_mm"]),
                     float(config["exclusion_z_mm"]), float(config.get("positive_shift_mm", 0.0)))
+            if config.get("rejected_negatives", True):
+                extra = data.rejected_positions(self.rejected_zyx(case, geometry), lesions, geometry.spacing, rng,
+                                                int(config["augment"]), float(config["patch_mm"]),
+                                                float(config["exclusion_z_mm"]),
+                                                float(config.get("positive_shift_mm", 0.0)))
+                centres, labels, angles, mirror = (np.concatenate([a, b]) for a, b in
+                                                   zip((centres, labels, angles, mirror), extra))
             if len(centres) == 0:
                 continue
             all_patches.append(data.extract_patches(hu, geometry.spacing, centres, float(config["patch_mm"]),

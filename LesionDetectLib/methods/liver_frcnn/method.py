@@ -31,6 +31,7 @@ from ..base import Method
 from . import network
 from .data import KeySliceSamples, has_key_slices
 from .evaluation import froc_of, regressor_metrics
+from .negatives import with_rejected
 from .network import detect
 from .slices import neighbour_offset, parse_slice_range, stacks
 from .volume import SliceLinker, chains_to_boxes
@@ -68,6 +69,19 @@ DEFAULTS: dict[str, Any] = {
     # > 0: train Faster R-CNN on random crops of this many pixels (at the network's scale) that
     # contain a lesion, about (image_size / train_crop)^2 times cheaper per step; 0: whole slices
     "train_crop": 0,
+    # training slices: "key" (the annotated key slices, the paper's DeepLesion protocol) or "mask"
+    # (every slice where a lesion of the case's mask shows at least lesion_slice_fraction of its
+    # largest cross-section: several times the samples from the same studies)
+    "train_slices": "key",
+    "lesion_slice_fraction": 0.3,
+    # lesion-free training slices (empty targets) per lesion slice: the detector then also sees the
+    # slices where it must find nothing, as whole-volume inference does
+    "negative_slices": 0.0,
+    # processes reading the training cases (0/1: in the trainer's process)
+    "load_workers": 0,
+    # detections a reviewer rejected in Slicer (dataset.hard_negatives) become training slices
+    # around them, usually lesion-free (negatives.py; not in the paper)
+    "rejected_negatives": True,
     "val_fraction": 0.15,
     "optimizer": "sgd",
     "lr": 0.01,
@@ -122,7 +136,7 @@ class LiverFasterRCNN(Method):
     def training_data(self, dataset, config, seed):
         train_cases, val_cases = self.cases(dataset, config, "train", seed), self.cases(dataset, config, "val", seed)
         val = KeySliceSamples(val_cases, config, train=False) if val_cases else None
-        return KeySliceSamples(train_cases, config, train=True), val
+        return with_rejected(KeySliceSamples(train_cases, config, train=True), train_cases, config), val
 
     def collate(self, batch):
         if isinstance(batch[0][1], dict):  # detection: images may differ in size

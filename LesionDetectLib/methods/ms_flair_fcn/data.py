@@ -336,3 +336,20 @@ def case_tiles(volume: np.ndarray, foreground: np.ndarray, mask: np.ndarray, con
             images.append(_crop(slice_stack(volume, [z], context)[0], cy, cx, size))
             labels.append(np.zeros((size, size), dtype=np.uint8))
     return images, labels
+
+
+def tiles_at(volume: np.ndarray, mask: np.ndarray, centres_zyx: np.ndarray, config: dict
+             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tiles (with margins) centred on given model-grid positions (z, y, x), labelled by the
+    lesion mask as it is there: the tiles round detections a reviewer rejected (lesion-free
+    unless a real plaque lies in the tile, which keeps its label).  Positions off the volume
+    are skipped."""
+    tile, margin, context = int(config["tile_size"]), int(config["tile_jitter"]), int(config["context_slices"])
+    size = tile + 2 * margin
+    images, labels = [], []
+    for z, cy, cx in np.rint(np.asarray(centres_zyx, float).reshape(-1, 3)).astype(int):
+        if not (0 <= z < volume.shape[0] and 0 <= cy < volume.shape[1] and 0 <= cx < volume.shape[2]):
+            continue
+        images.append(_crop(slice_stack(volume, [z], context)[0], cy, cx, size))
+        labels.append(_crop(mask[z][None].astype(np.float32), cy, cx, size)[0].astype(np.uint8))
+    return images, labels

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ...dataset import Dataset, cases_for, read_mask, split_cases
+from ...dataset import Dataset, cases_for, hard_negative_centres, read_mask, split_cases
 from ...errors import LesionDetectError, input_error
 from ...geometry import Geometry
 from ...io import read_image
@@ -32,7 +32,7 @@ from ...models import ModelCard
 from ...prediction import LesionBox, Prediction, Provenance
 from ...progress import progress
 from ..base import Method
-from .data import ModelGrid, TileSet, case_tiles, flair_check, foreground_box, normalise, slice_stack
+from .data import ModelGrid, TileSet, case_tiles, flair_check, foreground_box, normalise, slice_stack, tiles_at
 from .network import build_network, soft_dice_loss
 
 STRONG_AUGMENTATIONS = ("gamma", "contrast", "bias", "blur", "noise", "spatial")
@@ -53,6 +53,9 @@ class MSFlairFCN(Method):
         "tile_size": 64,
         "tile_jitter": 8,  # margin for random crops (pixels)
         "negative_ratio": 1.0,  # lesion-free tiles per lesion tile (the paper's 0.5 = one third of all)
+        # a tile centred on every detection a reviewer rejected in Slicer (a case's "negative_points" /
+        # "negative_boxes", dataset.hard_negatives), besides the lesion-free tiles above (not in the paper)
+        "rejected_negatives": True,
         "tiles_per_epoch": None,  # random draws per epoch (a fixed step count); None = one pass over all tiles
         "lesion_tile_fraction": None,  # share of draws that are lesion tiles; None = their share of the tiles
         "intensity_augment": 0.15,
@@ -107,6 +110,13 @@ class MSFlairFCN(Method):
         mask = grid.image(mask_img, label=True) > 0.5
         return grid, volume, foreground, mask
 
+    @staticmethod
+    def rejected_zyx(case, grid: ModelGrid) -> np.ndarray:
+        """The case's rejected detections (dataset.hard_negatives) as model-grid (z, y, x) indices."""
+        lps = hard_negative_centres(case)
+        xyz = [grid.reference.TransformPhysicalPointToContinuousIndex([float(v) for v in p]) for p in lps]
+        return np.asarray(xyz, float).reshape(-1, 3)[:, ::-1]
+
     def training_data(self, dataset, config, seed):
         rng = np.random.default_rng(seed)
         train_cases = self._cases(dataset, "train")
@@ -115,8 +125,11 @@ class MSFlairFCN(Method):
         def tiles(cases, augment):
             images, labels = [], []
             for case in progress(cases, desc="cutting tiles", unit="case"):
-                _, volume, foreground, mask = self.load_case(case, config)
+                grid, volume, foreground, mask = self.load_case(case, config)
                 im, lab = case_tiles(volume, foreground, mask, config, rng)
+                if config.get("rejected_negatives", True):
+                    more = tiles_at(volume, mask, self.rejected_zyx(case, grid), config)
+                    im, lab = im + more[0], lab + more[1]
                 images += im
                 labels += lab
             if not images:
