@@ -11,10 +11,7 @@ at import time.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -42,8 +39,12 @@ for _path in (str(LIBRARY_PARENT), str(MODULE_DIR)):
         sys.path.append(_path)
 
 # The Qt-free body of the logic and the child-process runner (standard library only at import).
-from LesionDetectMRML import process  # noqa: E402
+from LesionDetectMRML import learn, process  # noqa: E402
 from LesionDetectMRML.logic import DetectionLogic  # noqa: E402
+
+# The widget's learn-from-corrections and findings/review/export parts (Qt; LesionDetectGUI).
+from LesionDetectGUI.learn_section import LearnSectionMixin  # noqa: E402
+from LesionDetectGUI.review_section import ReviewSectionMixin  # noqa: E402
 
 DEVICES = ["auto", "cpu", "cuda"]
 SAMPLE_STUDIES = {"bone-ct": "bone CT", "ms-flair": "FLAIR MRI", "liver-ct": "liver CT"}  # LesionDetectLib.synth kinds
@@ -71,7 +72,11 @@ score. Review each finding (Previous / Next centre the views on it; Accept or Re
 the segment with the Segment Editor, move, delete or add boxes and points, then Export them into
 a training dataset (a new version is written, nothing is overwritten): rejected findings are
 left out and kept as hard negatives, and every decision is recorded with the case.
-Detection runs in a separate process: Slicer stays responsive and Cancel stops it.
+Learn from corrections: Fine-tune the active model on that dataset (the result is a new model
+version, used only when you say so), choose the model version Apply runs, and let Next case load
+the unreviewed case the model is least sure about.
+Detection, fine-tuning and ranking run in a separate process: Slicer stays responsive and Cancel
+stops them.
 """)
         self.parent.acknowledgementText = _("""
 LesionDetect implements detectors described in five published papers (see the extension's
@@ -129,7 +134,7 @@ class LesionDetectParameterNode:
 # LesionDetectWidget
 #
 
-class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class LesionDetectWidget(LearnSectionMixin, ReviewSectionMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -138,6 +143,7 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._findings = []
         self._summaryOf = None  # (method, model folder) the model summary label shows
+        self._versionsOf = None  # the method whose versions the model version selector lists
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -164,12 +170,18 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
         self.ui.addPointButton.connect("clicked(bool)", self.onAddPoint)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.modelVersionComboBox.connect("activated(int)", self.onModelVersionChosen)
+        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        self.ui.useFineTunedButton.connect("clicked(bool)", self.onUseFineTunedButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
+        if self.logic is not None and self.logic.isLearning():
+            self.logic.cancelLearning()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -187,6 +199,8 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
+        if self.logic.learning.runningTask() == learn.RANK:  # it would load its case into the new scene
+            self.logic.cancelLearning()
         self.logic.forgetResult()
         self.setParameterNode(None)
 
@@ -218,12 +232,29 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        if self._versionsOf != p.method:
+            self._updateModelVersions()
         if self._summaryOf != (p.method, str(p.modelPath)):  # the active model's card, under the method selector
             self._summaryOf = (p.method, str(p.modelPath))
             self.ui.modelSummaryLabel.text = self.logic.modelSummary(p.method, p.modelPath)
         running = self.logic.isRunning()
-        self.ui.applyButton.enabled = running or (p.inputVolume is not None and bool(p.method or self.logic.isSet(p.modelPath)))
+        learning = self.logic.learning.runningTask()
+        self.ui.applyButton.enabled = running or (not learning and p.inputVolume is not None
+                                                  and bool(p.method or self.logic.isSet(p.modelPath)))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        hasDataset = self.logic.isSet(p.datasetFolder)
+        self.ui.learnDatasetPathLabel.text = str(p.datasetFolder) if hasDataset else _(
+            "Choose the dataset folder in Export (the corrected cases are exported into it).")
+        canLearn = not running and not learning and bool(p.method) and hasDataset
+        self.ui.fineTuneButton.enabled = learning == learn.FINE_TUNE or canLearn
+        self.ui.fineTuneButton.text = _("Cancel") if learning == learn.FINE_TUNE else _("Fine-tune")
+        self.ui.nextCaseButton.enabled = learning == learn.RANK or canLearn
+        self.ui.nextCaseButton.text = _("Cancel") if learning == learn.RANK else _("Next case")
+        self.ui.modelVersionComboBox.enabled = not learning and self.ui.modelVersionComboBox.count > 0
+        offer = self.logic.learning.offeredVersion
+        self.ui.useFineTunedButton.enabled = offer is not None and offer.method == p.method and not learning
+        self.ui.useFineTunedButton.text = (_("Use the fine-tuned version {version}").format(version=offer.version)
+                                           if offer is not None else _("Use the fine-tuned version"))
         hasResult = self.logic.result is not None
         for button in (self.ui.addBoxButton, self.ui.addPointButton, self.ui.exportButton, self.ui.previousButton,
                        self.ui.nextButton, self.ui.acceptButton, self.ui.rejectButton):
@@ -266,66 +297,6 @@ class LesionDetectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateFindings()
         self._onParameterNodeModified()
 
-    # --- findings, corrections, export --------------------------------------------------
-
-    def _updateFindings(self) -> None:
-        table = self.ui.findingsTable
-        minimumScore = self._parameterNode.minimumScore if self._parameterNode else 0.0
-        self._findings = self.logic.reviewFindings(minimumScore) if self.logic.result is not None else []
-        table.setRowCount(len(self._findings))
-        for row, finding in enumerate(self._findings):
-            score = "" if finding.score is None else f"{finding.score:.2f}"
-            for column, text in enumerate((finding.kind, finding.name, score, finding.detail, finding.state)):
-                table.setItem(row, column, qt.QTableWidgetItem(text))
-            if finding.id == self.logic.currentFindingId:
-                table.selectRow(row)
-        self.ui.reviewProgressLabel.text = self.logic.reviewProgress(self._findings) if self._findings else ""
-
-    def onFindingClicked(self, row: int, column: int) -> None:
-        if 0 <= row < len(self._findings):
-            self.logic.selectFinding(self._findings[row].id)
-            self.logic.centreOn(self._findings[row])
-
-    def _goTo(self, finding) -> None:
-        """Show the review's new current finding: the table updated, the views centred on it."""
-        self._updateFindings()
-        if finding is not None:
-            self.logic.centreOn(finding)
-
-    def onPreviousFinding(self) -> None:
-        self._goTo(self.logic.previousFinding())
-
-    def onNextFinding(self) -> None:
-        self._goTo(self.logic.nextFinding())
-
-    def onAcceptFinding(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to accept the finding."), waitCursor=True):
-            self._goTo(self.logic.acceptCurrent())
-
-    def onRejectFinding(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to reject the finding."), waitCursor=True):
-            self._goTo(self.logic.rejectCurrent())
-
-    def onReviewerChanged(self) -> None:
-        self.logic.setReviewerName(self.ui.reviewerLineEdit.text)
-
-    def onAddBox(self) -> None:
-        self.logic.placeNewBox()
-
-    def onAddPoint(self) -> None:
-        self.logic.placeNewPoint()
-
-    def onExportButton(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            if not self.logic.isSet(p.datasetFolder):
-                raise ValueError(_("Choose a dataset folder first."))
-            caseId = p.caseId or self.logic.defaultCaseId()
-            result = self.logic.exportResult(p.datasetFolder, caseId)
-            corrected = _("corrected") if result.entry["provenance"]["corrected"] else _("as detected")
-            self.ui.exportStatusLabel.text = _("Exported case {case} ({state}) to {path}").format(
-                case=result.case_id, state=corrected, path=result.dataset_json)
-
 
 #
 # LesionDetectLogic
@@ -353,12 +324,7 @@ class LesionDetectLogic(DetectionLogic, ScriptedLoadableModuleLogic):
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's command-line Python (PythonSlicer), which has Slicer's packages."""
-        home = Path(slicer.app.slicerHome)
-        for name in ("PythonSlicer.exe", "PythonSlicer"):
-            for candidate in (home / "bin" / name, home / name):
-                if candidate.is_file():
-                    return str(candidate)
-        return shutil.which("PythonSlicer") or sys.executable
+        return process.slicer_python(slicer.app.slicerHome)
 
     @staticmethod
     def requirementsPath() -> Path:
@@ -370,10 +336,7 @@ class LesionDetectLogic(DetectionLogic, ScriptedLoadableModuleLogic):
         through PyTorchUtils, the rest with Slicer's pip."""
         from LesionDetectMRML import dependencies
 
-        plan = dependencies.plan_install(dependencies.read_requirements(self.requirementsPath()))
-        if not plan.complete:
-            dependencies.ensure(plan, install_torch=dependencies.install_torch_with_pytorch_utils,
-                                pip_install=self._pipInstall)
+        dependencies.ensure_requirements(self.requirementsPath(), pip_install=self._pipInstall)
 
     @staticmethod
     def _pipInstall(requirements) -> None:
@@ -420,7 +383,8 @@ def _pollWithTimer(poll):
 #
 
 class LesionDetectTest(ScriptedLoadableModuleTest):
-    """Self-contained tests on synthetic data (no network, no trained weights).
+    """Self-contained tests on synthetic data (no network, no trained weights); their bodies are
+    LesionDetectMRML/selftest.py (installed with the module), run on Slicer's scene and logic.
 
     Each test_* sets itself up, so they pass both under ctest (unittest runs every test_*)
     and from the Reload and Test button (runTest)."""
@@ -430,118 +394,33 @@ class LesionDetectTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_ResultShownAndLiveControls, self.test_ExportCorrected, self.test_ReviewAndExport,
-                     self.test_CancelLeavesScene, self.test_SampleStudy, self.test_ModelSummary):
+                     self.test_CancelLeavesScene, self.test_SampleStudy, self.test_ModelSummary,
+                     self.test_ModelVersions):
             self.setUp()
             test()
 
-    def _loadStudy(self, kind="bone-ct"):
-        from LesionDetectMRML import convert, samples
+    def _scenarios(self):
+        from LesionDetectMRML.selftest import ModuleSelfTest
 
-        logic = LesionDetectLogic()
-        logic.ensureDependencies()
-        study = samples.make_study(kind)
-        volume = convert.add_image_volume(slicer.mrmlScene, study.image, kind)
-        return logic, study, volume
+        return ModuleSelfTest(self, LesionDetectLogic, processEvents=slicer.app.processEvents)
 
     def test_ResultShownAndLiveControls(self):
-        import numpy as np
-
-        from LesionDetectMRML import convert
-
-        self.delayDisplay("Showing a synthetic prediction")
-        logic, study, volume = self._loadStudy("liver")
-        result = logic.showPrediction(volume, study.prediction, opacity=0.4)
-        mask = convert.segment_mask(result.segmentation, result.segment_id, volume, slicer.modules.segmentations.logic())
-        self.assertTrue(np.array_equal(mask, study.prediction.mask))
-        self.assertEqual(len(result.boxes), len(study.prediction.boxes))
-        self.assertEqual(result.probability.GetDisplayNode().GetColorNodeID(), "vtkMRMLColorTableNodeFileInferno.txt")
-        logic.updateDisplay(0.3, 0.6, 0.7)
-        mask = convert.segment_mask(result.segmentation, result.segment_id, volume, slicer.modules.segmentations.logic())
-        self.assertTrue(np.array_equal(mask, study.prediction.probability >= 0.3))
-        visible = [bool(r.GetDisplayNode().GetVisibility()) for r in result.boxes]
-        self.assertEqual(visible, [b.score >= 0.6 for b in study.prediction.boxes])
-        self.assertTrue(len(logic.findings()) > 0)
-        logic.centreOn(logic.findings()[0])
-        self.delayDisplay("Test passed")
+        self._scenarios().resultShownAndLiveControls()
 
     def test_ExportCorrected(self):
-        from LesionDetectLib.dataset import load_dataset, validate_dataset
-
-        self.delayDisplay("Exporting a corrected result")
-        logic, study, volume = self._loadStudy("bone-ct")
-        result = logic.showPrediction(volume, study.prediction)
-        slicer.mrmlScene.RemoveNode(result.boxes[0])
-        with tempfile.TemporaryDirectory() as folder:
-            first = logic.exportResult(folder, "case1")
-            second = logic.exportResult(folder, "case1")
-            self.assertEqual((first.case_id, second.case_id), ("case1", "case1_v2"))
-            self.assertTrue(first.entry["provenance"]["corrected"])
-            self.assertEqual(validate_dataset(folder), [])
-            self.assertEqual(len(load_dataset(folder).cases), 2)
-        self.delayDisplay("Test passed")
+        self._scenarios().exportCorrected()
 
     def test_ReviewAndExport(self):
-        import json
-
-        self.delayDisplay("Reviewing findings and exporting the review")
-        logic, study, volume = self._loadStudy("liver")
-        logic.showPrediction(volume, study.prediction)
-        total = len(logic.reviewFindings())
-        first = logic.nextFinding()
-        logic.centreOn(first)
-        following = logic.rejectCurrent()
-        self.assertEqual(logic.findingState(first.id), "rejected")
-        self.assertIsNotNone(following)
-        logic.acceptCurrent()
-        self.assertEqual(logic.reviewProgress(), f"2 of {total} reviewed")
-        with tempfile.TemporaryDirectory() as folder:
-            result = logic.exportResult(folder, "reviewed")
-            entry = json.loads((Path(folder) / "dataset.json").read_text())["cases"][0]
-            self.assertEqual(entry["review"], result.entry["review"])
-            states = {f["id"]: f["state"] for f in entry["review"]["findings"]}
-            self.assertEqual(states[first.id], "rejected")
-            self.assertEqual(entry["review"]["reviewer"], logic.reviewerName())
-        self.delayDisplay("Test passed")
+        self._scenarios().reviewAndExport()
 
     def test_CancelLeavesScene(self):
-        self.delayDisplay("Cancelling a running detection")
-        logic, study, volume = self._loadStudy("flair")
-        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        script = ("import time\nfor i in range(600):\n    print(f'PROGRESS {i/600:.3f} working', flush=True)\n"
-                  "    time.sleep(0.1)\n")
-        # a stand-in for `lesiondetect infer` that reports progress and never ends on its own
-        logic.inferenceCommand = lambda *args, **kwargs: [LesionDetectLogic.pythonExecutable(), "-c", script]
-        progress, finished = [], []
-        logic.startInference(volume, method="ms-flair-fcn", onProgress=lambda f, t: progress.append(f),
-                             onFinished=lambda result, error: finished.append((result, error)))
-        self.assertTrue(logic.isRunning())
-        for _ in range(100):
-            slicer.app.processEvents()
-            if progress:
-                break
-            time.sleep(0.1)
-        self.assertTrue(progress, "no progress reported")
-        logic.cancel()
-        self.assertFalse(logic.isRunning())
-        self.assertTrue(logic.lastRunCancelled)
-        self.assertEqual(finished[0][0], None)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
-        self.delayDisplay("Test passed")
+        self._scenarios().cancelLeavesScene()
 
     def test_SampleStudy(self):
-        from LesionDetectLib import synth
-        from LesionDetectLib.geometry import Geometry
-        from LesionDetectMRML import convert
-
-        self.delayDisplay("Loading a synthetic sample study")
-        [node] = LesionDetectLogic().loadSampleStudy("liver-ct", size="small")
-        expected = Geometry.of(synth.make_case("liver-ct", seed=0, index=0, size="small").image)
-        self.assertTrue(convert.volume_geometry(node).same_grid(expected))
-        self.delayDisplay("Test passed")
+        self._scenarios().sampleStudy()
 
     def test_ModelSummary(self):
-        self.delayDisplay("The model summary shown under the method selector")
-        logic = LesionDetectLogic()
-        for method in logic.methodNames():  # a shipped model's card, or the note that none ships
-            self.assertIn(method, logic.modelSummary(method))
-        self.delayDisplay("Test passed")
+        self._scenarios().modelSummary()
+
+    def test_ModelVersions(self):
+        self._scenarios().modelVersions()

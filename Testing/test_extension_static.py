@@ -19,6 +19,7 @@ MODULE_PY = MODULE_DIR / "LesionDetect.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "LesionDetect.ui"
 LIBRARY_DIR = ROOT / "LesionDetectLib"
 ADAPTER_DIR = MODULE_DIR / "LesionDetectMRML"
+GUI_DIR = MODULE_DIR / "LesionDetectGUI"  # the widget's parts LesionDetectWidget mixes in
 
 
 def _ui_tree() -> ET.ElementTree:
@@ -27,6 +28,15 @@ def _ui_tree() -> ET.ElementTree:
 
 def _module_ast() -> ast.Module:
     return ast.parse(MODULE_PY.read_text(encoding="utf-8"))
+
+
+def _widget_files() -> list[Path]:
+    """LesionDetect.py and the widget parts it mixes in (LesionDetectGUI)."""
+    return [MODULE_PY, *sorted(GUI_DIR.glob("*.py"))]
+
+
+def _widget_source() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in _widget_files())
 
 
 def _class(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -64,11 +74,11 @@ def test_ui_parses_and_is_a_module_panel():
 
 def test_every_ui_name_the_widget_uses_exists():
     names = {w.get("name") for w in _ui_tree().getroot().iter("widget")}
-    used = {node.attr for node in ast.walk(_module_ast())
+    used = {node.attr for path in _widget_files() for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
             and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
     assert used, "the widget uses no self.ui.<name>: the check found nothing to check"
-    assert used <= names, f"used in LesionDetect.py but missing from the .ui: {sorted(used - names)}"
+    assert used <= names, f"used by the widget but missing from the .ui: {sorted(used - names)}"
 
 
 def test_review_controls_are_in_the_ui_by_the_findings_table():
@@ -85,12 +95,49 @@ def test_review_controls_are_in_the_ui_by_the_findings_table():
     assert set(review) <= in_findings and "findingsTable" in in_findings
     assert classes.get("reviewerLineEdit") == "QLineEdit"
     assert "reviewerLineEdit" not in _parameter_bindings()
-    source = MODULE_PY.read_text(encoding="utf-8")
+    source = _widget_source()
     for name in (*review, "reviewerLineEdit"):
         assert f"self.ui.{name}" in source, f"{name} is not used by the widget"
     headers = [c.find("property/string").text for c in
                next(w for w in root.iter("widget") if w.get("name") == "findingsTable").findall("column")]
     assert headers == ["Kind", "Name", "Score", "Size", "State"]
+
+
+def test_learn_controls_are_in_the_ui_and_wired():
+    """Learn from corrections (issue #18): the model version selector by the method selector (the
+    library's state, not a scene parameter), and a "Learn from corrections" section with
+    Fine-tune, Next case, the offer of the fine-tuned version, its progress bar and status; every
+    one used by the widget, and the section's logic in the Qt-free adapter (learn.py)."""
+    root = _ui_tree().getroot()
+    classes = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    inputs = next(w for w in root.iter("widget") if w.get("name") == "inputsCollapsibleButton")
+    assert {"methodComboBox", "modelVersionComboBox", "modelSummaryLabel"} <= {w.get("name") for w in inputs.iter("widget")}
+    assert classes.get("modelVersionComboBox") == "QComboBox"
+    assert "modelVersionComboBox" not in _parameter_bindings()  # the active version lives in the model library
+    section = next((w for w in root.iter("widget") if w.get("name") == "learnCollapsibleButton"), None)
+    assert section is not None and section.get("class") == "ctkCollapsibleButton"
+    assert section.find("property/string").text == "Learn from corrections"
+    in_section = {w.get("name") for w in section.iter("widget")}
+    learn_widgets = {"fineTuneButton": "QPushButton", "nextCaseButton": "QPushButton",
+                     "useFineTunedButton": "QPushButton", "learnProgressBar": "QProgressBar",
+                     "learnStatusLabel": "QLabel", "learnDatasetPathLabel": "QLabel"}
+    assert {n: classes.get(n) for n in learn_widgets} == learn_widgets
+    assert set(learn_widgets) <= in_section
+    assert not set(learn_widgets) & set(_parameter_bindings())
+    for name in ("fineTuneButton", "nextCaseButton", "useFineTunedButton"):  # off until the module enables them
+        widget = next(w for w in section.iter("widget") if w.get("name") == name)
+        enabled = [p.find("bool").text for p in widget.findall("property") if p.get("name") == "enabled"]
+        assert enabled == ["false"], name
+    source = _widget_source()
+    for name in (*learn_widgets, "modelVersionComboBox"):
+        assert f"self.ui.{name}" in source, f"{name} is not used by the widget"
+    for signal in ('modelVersionComboBox.connect("activated(int)"', 'fineTuneButton.connect("clicked(bool)"',
+                   'nextCaseButton.connect("clicked(bool)"', 'useFineTunedButton.connect("clicked(bool)"'):
+        assert signal in source, f"not connected: {signal}"
+    for call in ("startFineTune", "startNextCase", "useModelVersion", "acceptFineTunedVersion", "modelVersions",
+                 "cancelLearning"):
+        assert f"self.logic.{call}(" in source, f"the widget does not call the logic's {call}"
+    assert (ADAPTER_DIR / "learn.py").is_file()
 
 
 def _parameter_fields() -> dict[str, ast.AnnAssign]:
@@ -187,7 +234,7 @@ def test_module_imports_nothing_that_needs_installing_and_installs_nothing_at_im
     imported = _top_level_imports(tree)
     top_level_modules = {name.split(".")[0] for name in imported}
     allowed = {"__future__", "shutil", "sys", "tempfile", "time", "pathlib", "typing", "os", "qt", "slicer", "vtk",
-               "LesionDetectMRML"}
+               "LesionDetectMRML", "LesionDetectGUI"}
     assert top_level_modules <= allowed, f"imported at load time: {sorted(top_level_modules - allowed)}"
     # the adapter modules it loads import only the standard library (and each other) at load time
     pending = [n.split(".", 1)[1] for n in imported if n.startswith("LesionDetectMRML.")]
@@ -287,7 +334,7 @@ def test_torch_is_pinned_once_and_the_module_checks_the_same_pins():
     assert dependencies.read_requirements() == requirements  # the file the module reads in Slicer
     assert dependencies.torch_pins(requirements) == {"torch": "==2.14.1", "torchvision": "==0.29.1"}
     # no second statement of a torch version in the module or its adapter package
-    for path in [MODULE_PY, *ADAPTER_DIR.rglob("*.py")]:
+    for path in [*_widget_files(), *ADAPTER_DIR.rglob("*.py")]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"torch\w*\s*[<>=!~]=", text), f"{path} states a torch version"
         assert not re.search(r"""["'][<>=~]=\s*\d""", text), f"{path} states a version requirement"
@@ -310,7 +357,7 @@ def test_the_slicer_install_groups_name_listed_requirements():
 def test_module_cmake_lists_every_python_file_and_resource():
     cmake = MODULE_DIR / "CMakeLists.txt"
     scripts = _cmake_list(cmake, "MODULE_PYTHON_SCRIPTS")
-    on_disk = {"LesionDetect.py"} | _python_files(ADAPTER_DIR, MODULE_DIR)
+    on_disk = {"LesionDetect.py"} | _python_files(ADAPTER_DIR, MODULE_DIR) | _python_files(GUI_DIR, MODULE_DIR)
     assert sorted(scripts) == sorted(on_disk), (f"missing from CMake: {sorted(on_disk - set(scripts))}; "
                                                 f"listed but not on disk: {sorted(set(scripts) - on_disk)}")
     resources = _cmake_list(cmake, "MODULE_PYTHON_RESOURCES")

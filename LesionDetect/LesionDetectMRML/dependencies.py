@@ -110,6 +110,15 @@ def ensure(plan: InstallPlan, *, install_torch: Callable[[dict[str, str]], objec
         pip_install(list(plan.pip))
 
 
+def ensure_requirements(path: str | Path = REQUIREMENTS_FILE, *, pip_install: Callable[[list[Requirement]], None],
+                        install_torch: Callable[[dict[str, str]], object] | None = None) -> None:
+    """Install what is missing of the requirements file at `path` (`plan_install`, then `ensure`);
+    torch and torchvision through PyTorchUtils unless `install_torch` is given."""
+    plan = plan_install(read_requirements(path))
+    if not plan.complete:
+        ensure(plan, install_torch=install_torch or install_torch_with_pytorch_utils, pip_install=pip_install)
+
+
 def install_torch_with_pytorch_utils(pins: dict[str, str]):
     """torch and torchvision at `pins` through the PyTorch extension (runs inside Slicer only).
 

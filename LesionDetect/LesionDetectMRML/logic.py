@@ -9,7 +9,9 @@ review (accept / reject / previous / next, "N of M reviewed"; review.py), the bo
 points the user adds, the export and the synthetic sample studies.  Everything it uses comes
 in through the constructor (scene, segmentations and application logics, runner, and for
 non-blocking runs something that calls `poll()` periodically: a QTimer in Slicer), so the
-tests run it against slicer-core's MRML.  Module-level imports are the standard library only:
+tests run it against slicer-core's MRML.  The review and correction methods are the mixin
+logic_review.ReviewMixin, the model version / fine-tune / next-case ones logic_learn.LearnMixin.
+Module-level imports are the standard library and the adapter's own modules only:
 LesionDetect.py imports this before LesionDetectLib's dependencies are installed.
 """
 
@@ -26,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import process
-
-
-REVIEWER_SETTING = "LesionDetect/reviewer"
+from . import learn, process
+from .logic_learn import LearnMixin
+from .logic_review import REVIEWER_SETTING, ReviewMixin  # noqa: F401  (REVIEWER_SETTING: importable from here)
 
 
 class DictSettings:
@@ -84,15 +85,21 @@ def default_library_parent() -> Path:
 def model_summary_text(method: str | None, model_path=None) -> str:
     """What the module shows under the method selector: the active model's card summary
     (method, version, training data, key metric; LesionDetectLib.models.card_summary) for the
-    model folder `model_path` when set, else for the model shipped for `method`.  Reads only the
+    model folder `model_path` when set, else for the active version of `method` in the model
+    library (`lesiondetect models use`; version 1 is the model shipped for it).  Reads only the
     card (standard library), so it works before torch is installed; a problem is the text."""
+    from LesionDetectLib import library
     from LesionDetectLib.errors import LesionDetectError
     from LesionDetectLib.models import card_summary, read_card, shipped_model_dir
 
     if DetectionLogic.isSet(model_path):
         source = Path(model_path)
     elif method:
-        source = shipped_model_dir(method)
+        try:
+            version = library.active_version(method)
+        except LesionDetectError as exc:
+            return f"The model library cannot be read: {exc}"
+        source = library.active_model_dir(method) if version != library.SHIPPED else shipped_model_dir(method)
         if source is None:
             return f"No model is shipped for {method}: train one and choose its folder below."
     else:
@@ -119,7 +126,7 @@ class _Job:
     blocking: bool
 
 
-class DetectionLogic:
+class DetectionLogic(ReviewMixin, LearnMixin):
     """Runs the detector and manages its result in a scene; works without Qt and without the GUI.
 
     scene, segmentations_logic: the MRML scene and vtkSlicerSegmentationsModuleLogic to use.
@@ -156,6 +163,10 @@ class DetectionLogic:
         self._display = None  # (threshold, minimum score, opacity) last applied
         self.settings = settings if settings is not None else DictSettings()
         self.currentFindingId = None  # the finding the review is on
+        # fine-tune, model versions, next case (learn.py): same runner, Python and poll scheduler
+        self.learning = learn.LearningLogic(runner=self.runner, python=self.python,
+                                            library_parent=self.library_parent, temp_dir=temp_dir,
+                                            poll_scheduler=poll_scheduler)
 
     @staticmethod
     def isSet(path) -> bool:
@@ -197,6 +208,8 @@ class DetectionLogic:
 
         if self.isRunning():
             raise RuntimeError("A detection is already running.")
+        if self.learning.isRunning():
+            raise RuntimeError("A fine-tune or ranking is running: wait for it or cancel it first.")
         if inputVolume is None:
             raise ValueError("Select an input volume.")
         work_dir = Path(tempfile.mkdtemp(prefix="LesionDetect-", dir=self.temp_dir))
@@ -352,123 +365,6 @@ class DetectionLogic:
         if self.result is None:
             return []
         return overlay.findings(self.result, self.segmentations_logic, minimumScore)
-
-    # --- review (review.py): states on the nodes, navigation, progress ------------------------
-
-    def _minimumScore(self) -> float:
-        return self._display[1] if self._display is not None else 0.0
-
-    def reviewFindings(self, minimumScore: float | None = None) -> list:
-        """The result's findings with their ids and review states (review.ReviewFinding), as the
-        findings table lists them: points and boxes under the score filter are left out."""
-        from . import review
-
-        if self.result is None:
-            return []
-        return review.list_findings(self.result, self.segmentations_logic, boxes=self.currentBoxes(),
-                                    min_score=self._minimumScore() if minimumScore is None else minimumScore)
-
-    def setFindingState(self, findingId: str, state: str) -> None:
-        from . import review
-
-        if self.result is None:
-            raise RuntimeError("Run a detection first.")
-        review.set_state(self.result, findingId, state, boxes=self.currentBoxes())
-        self.currentFindingId = findingId
-
-    def findingState(self, findingId: str) -> str:
-        from . import review
-
-        return review.get_state(self.result, findingId, self.segmentations_logic, boxes=self.currentBoxes())
-
-    def selectFinding(self, findingId: str | None) -> None:
-        self.currentFindingId = findingId
-
-    def nextFinding(self, step: int = 1, unreviewedOnly: bool = False):
-        """Move the review to the next (step=1) or previous (step=-1) finding and return it (its
-        `center_ras` is where the caller centres the views), or None when there is none."""
-        from . import review
-
-        finding = review.next_finding(self.reviewFindings(), self.currentFindingId, step=step,
-                                      unreviewed_only=unreviewedOnly)
-        self.currentFindingId = finding.id if finding is not None else self.currentFindingId
-        return finding
-
-    def previousFinding(self):
-        return self.nextFinding(step=-1)
-
-    def reviewCurrent(self, state: str):
-        """Give the current finding `state` (accepted / rejected) and move on to the next one still
-        unreviewed (None when every finding is reviewed).  Without a current finding nothing is
-        decided: the review goes to the first unreviewed one, so the user sees what they decide on."""
-        if self.currentFindingId is None:
-            return self.nextFinding(unreviewedOnly=True)
-        self.setFindingState(self.currentFindingId, state)
-        return self.nextFinding(unreviewedOnly=True)
-
-    def acceptCurrent(self):
-        return self.reviewCurrent("accepted")
-
-    def rejectCurrent(self):
-        return self.reviewCurrent("rejected")
-
-    def reviewProgress(self, findings=None) -> str:
-        """"N of M reviewed" for the findings table (or for `findings`)."""
-        from . import review
-
-        return review.progress_text(self.reviewFindings() if findings is None else findings)
-
-    def reviewerName(self) -> str:
-        """The reviewer recorded in exports: the module setting, else the login name."""
-        name = self.settings.value(REVIEWER_SETTING, "") or ""
-        if name:
-            return str(name)
-        import getpass
-
-        try:
-            return getpass.getuser()
-        except Exception:  # noqa: BLE001 - no login name (e.g. no USER and no passwd entry)
-            return ""
-
-    def setReviewerName(self, name: str) -> None:
-        self.settings.setValue(REVIEWER_SETTING, (name or "").strip())
-
-    def centreOn(self, finding) -> None:
-        from . import overlay
-
-        overlay.centre_views(self.scene, finding.center_ras)
-
-    def placeNewBox(self):
-        """A new ROI the user draws (two clicks in a slice view); it is exported with score 1."""
-        from . import convert
-
-        roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn lesion")
-        roi.SetAttribute(convert.ROLE_ATTRIBUTE, "box")
-        roi.CreateDefaultDisplayNodes()
-        self.userBoxes.append(roi)
-        self._startPlacing(roi)
-        return roi
-
-    def placeNewPoint(self):
-        """Start placing a lesion point in the result's fiducial list (made when it has none)."""
-        from . import convert
-
-        if self.result is None:
-            raise RuntimeError("Run a detection first.")
-        if self.result.points is None or self.result.points.GetScene() is None:
-            self.result.points = convert.add_points(self.scene, [], name="Lesion points")
-        self._startPlacing(self.result.points)
-        return self.result.points
-
-    def _startPlacing(self, node) -> None:
-        if self.app_logic is None:
-            raise RuntimeError("placing needs the application logic (app_logic)")
-        selection = self.app_logic.GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
-        selection.SetActivePlaceNodeID(node.GetID())
-        interaction = self.app_logic.GetInteractionNode()
-        interaction.SetPlaceModePersistence(0)
-        interaction.SetCurrentInteractionMode(interaction.Place)
 
     def defaultCaseId(self) -> str:
         name = self.result.input_volume.GetName() if self.result is not None else "case"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,17 @@ def run(args: list[str], env: dict | None = None, cwd=None, on_progress=None, ti
     child = ChildProcess(args, env=env, cwd=cwd)
     code = child.wait(timeout=timeout, on_progress=on_progress)
     return code, child.output_tail()
+
+
+def slicer_python(slicer_home: str | os.PathLike) -> str:
+    """Slicer's command-line Python (PythonSlicer, which has Slicer's packages) in the Slicer
+    installation at `slicer_home`; else a PythonSlicer on PATH; else this Python."""
+    home = Path(slicer_home)
+    for name in ("PythonSlicer.exe", "PythonSlicer"):
+        for candidate in (home / "bin" / name, home / name):
+            if candidate.is_file():
+                return str(candidate)
+    return shutil.which("PythonSlicer") or sys.executable
 
 
 def available_methods(library_dir: str | os.PathLike) -> list[str]:
