@@ -16,7 +16,9 @@ import re
 import os
 import shutil
 import signal
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -274,3 +276,92 @@ def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
         fault_point("after-swap")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- locks between processes --------------------------------------------------------------------
+
+STALE_EMPTY_LOCK_S = 10.0  # a lock file naming no process this old was left by a killed writer
+
+
+def lock_owner() -> dict:
+    """What a lock file says about the process holding it."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def read_lock(lock: Path) -> dict | None:
+    try:
+        content = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def lock_holder_gone(content: dict | None, lock: Path) -> bool:
+    """Whether the process holding `lock` can no longer be running: its process is gone (same
+    host), or the lock names no process and is older than STALE_EMPTY_LOCK_S (killed between
+    creating and writing it).  A lock of another host is never taken over."""
+    if content is None or not isinstance(content.get("pid"), int):
+        try:
+            return time.time() - lock.stat().st_mtime > STALE_EMPTY_LOCK_S
+        except FileNotFoundError:
+            return False
+    if content.get("host") != socket.gethostname():
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        return _windows_process_gone(content["pid"])
+    try:
+        os.kill(content["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # someone else's live process (or a platform that cannot tell)
+    return False
+
+
+def _windows_process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs (Windows: OpenProcess fails with ERROR_INVALID_PARAMETER, or
+    the process has an exit code); False whenever that cannot be told."""
+    try:
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.GetLastError() == 87  # type: ignore[attr-defined]  # ERROR_INVALID_PARAMETER
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value != 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    except Exception:  # noqa: BLE001 - no ctypes, no kernel32: do not guess
+        return False
+
+
+@contextlib.contextmanager
+def process_lock(lock: str | os.PathLike, what: str, timeout_s: float = 30.0) -> Iterator[Path]:
+    """Hold the lock file `lock` (O_EXCL works on every platform) while the block runs; a lock
+    whose holder is gone (killed) is taken over, a live one is waited for up to `timeout_s`."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if lock_holder_gone(read_lock(lock), lock):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            if time.monotonic() > deadline:
+                raise input_error(lock, f"another process is {what}; remove this file if none is") from None
+            time.sleep(0.1)
+    try:
+        try:
+            os.write(fd, json.dumps(lock_owner()).encode())
+        finally:
+            os.close(fd)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()

@@ -22,13 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import LesionDetectError, input_error
-from .files import atomic_dir, fault_point, read_json, write_json
+from .files import atomic_dir, fault_point, process_lock, read_json, write_json
 from .models import CARD_FILE, ModelCard, read_card, sha256_of, shipped_model_dir
 
 ENV = "LESIONDETECT_MODELS"
 STATE_FILE = "state.json"
 SHIPPED = "1"  # the shipped model's version
 REMOVING = ".removing-"  # a version folder being deleted (renamed first, so it is never half a model)
+LOCK_FILE = ".lock"  # held while a process changes the library (two fine-tunes registering at once)
+
+
+def _changing(what: str):
+    return process_lock(library_dir() / LOCK_FILE, what)
 
 
 @dataclass
@@ -197,19 +202,20 @@ def register(path: str | os.PathLike) -> Entry:
     for entry in versions(card.method):
         if entry.card is not None and entry.card.weights_sha256 == card.weights_sha256:
             raise input_error(model_dir, f"is already in the library as {card.method} version {entry.version}")
-    state = _state()
-    taken = [int(e.version) for e in versions(card.method)] + [int(state["last_version"].get(card.method, 1))]
-    version = str(max(taken) + 1)  # numbers are never reused, so an old note "version 3" stays true
-    dest = library_dir() / card.method / version
-    card.version = version
-    with atomic_dir(dest) as tmp:
-        shutil.copyfile(weights, tmp / card.weights_file)
-        if sha256_of(tmp / card.weights_file) != card.weights_sha256:
-            raise input_error(weights, "changed while it was copied into the library; not registered")
-        write_json(tmp / CARD_FILE, asdict(card))
-    fault_point("library-registered")
-    state["last_version"][card.method] = int(version)
-    _write_state(state)
+    with _changing("adding a model to this library"):
+        state = _state()
+        taken = [int(e.version) for e in versions(card.method)] + [int(state["last_version"].get(card.method, 1))]
+        version = str(max(taken) + 1)  # numbers are never reused, so an old note "version 3" stays true
+        dest = library_dir() / card.method / version
+        card.version = version
+        with atomic_dir(dest) as tmp:
+            shutil.copyfile(weights, tmp / card.weights_file)
+            if sha256_of(tmp / card.weights_file) != card.weights_sha256:
+                raise input_error(weights, "changed while it was copied into the library; not registered")
+            write_json(tmp / CARD_FILE, asdict(card))
+        fault_point("library-registered")
+        state["last_version"][card.method] = int(version)
+        _write_state(state)
     return Entry(card.method, version, dest, card)
 
 
@@ -220,12 +226,13 @@ def use(method: str, ref: str) -> Entry:
     problem = verify(entry)
     if problem:
         raise LesionDetectError(f"{entry.path}: {problem}; version {entry.version} was not made active")
-    state = _state()
-    if entry.version == SHIPPED:
-        state["active"].pop(method, None)
-    else:
-        state["active"][method] = entry.version
-    _write_state(state)
+    with _changing("changing this library"):
+        state = _state()
+        if entry.version == SHIPPED:
+            state["active"].pop(method, None)
+        else:
+            state["active"][method] = entry.version
+        _write_state(state)
     return entry
 
 
@@ -256,16 +263,17 @@ def remove(method: str, ref: str, force: bool = False) -> Entry:
         named = ", ".join(f"version {e.version} ({e.model_id})" for e in children)
         raise LesionDetectError(f"{entry.path}: {method} version {entry.version} is the parent of {named}; "
                                 "removing it breaks their lineage (--force removes it all the same)")
-    state = _state()
-    if state["active"].get(method) == entry.version:
-        if not force:
-            raise LesionDetectError(f"{entry.path}: {method} version {entry.version} is the active version; `use` "
-                                    "another first, or --force (version 1 becomes active)")
-        del state["active"][method]
-        _write_state(state)  # first: a kill after this leaves version 1 active and the folder still there
-    trash = entry.path.parent / f"{REMOVING}{entry.version}-{os.getpid()}"
-    os.rename(entry.path, trash)  # one step: the version is gone whole, never half a model
-    shutil.rmtree(trash, ignore_errors=True)
-    for stale in entry.path.parent.glob(REMOVING + "*"):  # what a killed removal left
-        shutil.rmtree(stale, ignore_errors=True)
+    with _changing("changing this library"):
+        state = _state()
+        if state["active"].get(method) == entry.version:
+            if not force:
+                raise LesionDetectError(f"{entry.path}: {method} version {entry.version} is the active version; "
+                                        "`use` another first, or --force (version 1 becomes active)")
+            del state["active"][method]
+            _write_state(state)  # first: a kill after this leaves version 1 active and the folder still there
+        trash = entry.path.parent / f"{REMOVING}{entry.version}-{os.getpid()}"
+        os.rename(entry.path, trash)  # one step: the version is gone whole, never half a model
+        shutil.rmtree(trash, ignore_errors=True)
+        for stale in entry.path.parent.glob(REMOVING + "*"):  # what a killed removal left
+            shutil.rmtree(stale, ignore_errors=True)
     return entry

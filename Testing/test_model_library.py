@@ -180,7 +180,39 @@ def test_a_registration_killed_midway_leaves_the_library_as_it_was(lib, tmp_path
                                                                                                     seed=3))],
                           env=env, capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()
-    assert {k: v for k, v in snapshot(lib).items() if "/.3.tmp-" not in k} == before
+    # what the killed run left (its temporary folder, its lock) is cleared by the next change
+    assert {k: v for k, v in snapshot(lib).items() if "/.3.tmp-" not in k and k != library.LOCK_FILE} == before
     assert library.active_model_dir(METHOD) == lib / METHOD / "2"
     assert library.register(tmp_path / "m3").version == "3"  # the leftover is cleaned up by the next write
     assert sorted(p.name for p in (lib / METHOD).iterdir()) == ["2", "3"]
+
+
+def test_changes_wait_for_another_process_and_take_over_a_killed_ones_lock(lib, tmp_path):
+    """Two fine-tunes registering at once get different version numbers: a change waits while
+    another process holds the library's lock, and a lock left by a killed process (its pid gone)
+    is taken over instead of waited for."""
+    import threading
+    import time
+
+    from LesionDetectLib.files import lock_owner, process_lock
+
+    lib.mkdir(parents=True)
+    first, second = tiny_model(tmp_path / "m1", seed=1), tiny_model(tmp_path / "m2", seed=2)
+    held = threading.Event()
+
+    def hold():
+        with process_lock(lib / library.LOCK_FILE, "testing"):
+            held.set()
+            time.sleep(1.0)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    t0 = time.monotonic()
+    entry = library.register(first)
+    waited = time.monotonic() - t0
+    holder.join()
+    assert waited >= 0.5 and entry.version == "2"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (lib / library.LOCK_FILE).write_text(json.dumps({**lock_owner(), "pid": int(dead.stdout)}))
+    assert library.register(second).version == "3"
+    assert not (lib / library.LOCK_FILE).exists()

@@ -35,7 +35,6 @@ import glob
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,8 @@ import SimpleITK as sitk
 from LesionDetectLib import __version__, markups, segnrrd
 from LesionDetectLib.dataset import DATASET_FILE, read_dataset_json, write_dataset_json
 from LesionDetectLib.errors import LesionDetectError, input_error
-from LesionDetectLib.files import atomic_path, check_free_space, fault_point, full_disk_reason
+from LesionDetectLib.files import (atomic_path, check_free_space, fault_point, full_disk_reason, lock_holder_gone,
+                                   lock_owner, read_lock)
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.io import modality_guess, write_image
 from LesionDetectLib.prediction import LesionBox, LesionPoint, Prediction
@@ -286,11 +286,7 @@ class _Lock:
         self.path, self.root = path, root
 
     def plan(self, paths) -> None:
-        _write_lock(self.path, {**_owner(), "files": [Path(p).relative_to(self.root).as_posix() for p in paths]})
-
-
-def _owner() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname()}
+        _write_lock(self.path, {**lock_owner(), "files": [Path(p).relative_to(self.root).as_posix() for p in paths]})
 
 
 def _write_lock(lock: Path, content: dict) -> None:
@@ -299,66 +295,14 @@ def _write_lock(lock: Path, content: dict) -> None:
         tmp.write_text(json.dumps(content), encoding="utf-8")
 
 
-def _read_lock(lock: Path) -> dict | None:
-    try:
-        content = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
-
-
-def _process_gone(content: dict | None, lock: Path) -> bool:
-    """Whether the export holding `lock` can no longer be running: its process is gone (same
-    host), or the lock names no process and is older than STALE_EMPTY_LOCK_S (killed between
-    creating and writing it).  A lock of another host is never taken over."""
-    if content is None or not isinstance(content.get("pid"), int):
-        try:
-            return time.time() - lock.stat().st_mtime > STALE_EMPTY_LOCK_S
-        except FileNotFoundError:
-            return False
-    if content.get("host") != socket.gethostname():
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
-        return _windows_process_gone(content["pid"])
-    try:
-        os.kill(content["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OSError):
-        return False  # someone else's live process (or a platform that cannot tell)
-    return False
-
-
-def _windows_process_gone(pid: int) -> bool:
-    """Whether no process `pid` runs (Windows: OpenProcess fails with ERROR_INVALID_PARAMETER, or
-    the process has an exit code); False whenever that cannot be told."""
-    try:
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return ctypes.GetLastError() == 87  # type: ignore[attr-defined]  # ERROR_INVALID_PARAMETER
-        try:
-            code = ctypes.c_ulong()
-            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value != 259  # STILL_ACTIVE
-        finally:
-            kernel32.CloseHandle(handle)
-    except Exception:  # noqa: BLE001 - no ctypes, no kernel32: do not guess
-        return False
-
-
-STALE_EMPTY_LOCK_S = 10.0
-
-
 def recover(root: str | os.PathLike) -> list[Path]:
     """Undo an export that was killed while it held the lock of `root`: remove the files its
     lock lists that dataset.json does not name, and the temporary files beside them; then the
     lock.  Returns the files removed.  Does nothing while the lock's process still runs."""
     root = Path(root)
     lock = root / (DATASET_FILE + ".lock")
-    content = _read_lock(lock)
-    if not lock.exists() or not _process_gone(content, lock):
+    content = read_lock(lock)
+    if not lock.exists() or not lock_holder_gone(content, lock):
         return []
     # take the stale lock over in one step, so that two recovering exports cannot both act
     taken = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
@@ -366,7 +310,7 @@ def recover(root: str | os.PathLike) -> list[Path]:
         os.rename(lock, taken)
     except FileNotFoundError:
         return []
-    if _read_lock(taken) != content:  # another export took and replaced it meanwhile: give it back
+    if read_lock(taken) != content:  # another export took and replaced it meanwhile: give it back
         with contextlib.suppress(OSError):
             os.link(taken, lock)
         taken.unlink(missing_ok=True)
@@ -423,7 +367,7 @@ def _dataset_lock(root: Path):
             time.sleep(0.1)
     try:
         try:
-            os.write(fd, json.dumps(_owner()).encode())
+            os.write(fd, json.dumps(lock_owner()).encode())
         except OSError as exc:
             raise input_error(root, f"the case cannot be exported ({full_disk_reason(root) or exc.strerror}); the "
                                     "dataset was left as it was") from None
