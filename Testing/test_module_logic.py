@@ -370,6 +370,27 @@ def test_new_box_and_point_enter_place_mode(mrml, study, tmp_path):
     assert selection.GetActivePlaceNodeID() == points.GetID()
 
 
+def test_boxes_and_points_added_at_a_position_are_exported_as_added(mrml, study, tmp_path):
+    from LesionDetectLib.dataset import load_dataset
+
+    logic = _logic(mrml, tmp_path)
+    with pytest.raises(RuntimeError):
+        logic.addPoint((0, 0, 0))
+    result = logic.showPrediction(_volume(mrml, study), study.prediction)
+    center = [0.0, 0.0, 0.0]
+    result.boxes[0].GetCenter(center)
+    with pytest.raises(ValueError):
+        logic.addBox(center, (0, 5, 5))
+    roi = logic.addBox(center, (14.0, 9.0, 6.0))
+    assert roi.GetSize() == pytest.approx((14.0, 9.0, 6.0)) and logic.currentBoxes()[-1] is roi
+    points = logic.addPoint(center)
+    assert points is result.points and points.GetNumberOfControlPoints() == len(study.prediction.points) + 1
+    exported = logic.exportResult(tmp_path / "data", "added")
+    case = next(c for c in load_dataset(tmp_path / "data").cases if c.id == exported.case_id)
+    states = [f["state"] for f in case.extra["review"]["findings"]]
+    assert states.count("added") == 2
+
+
 def test_sample_study_is_the_library_case_in_the_background(mrml, tmp_path):
     from LesionDetectLib import synth
     from LesionDetectLib.geometry import Geometry

@@ -118,6 +118,39 @@ class ReviewMixin:
         self._startPlacing(self.result.points)
         return self.result.points
 
+    def addBox(self, centerRas, sizeMm):
+        """A lesion box with edge lengths `sizeMm` (along R, A, S) centred on `centerRas`, as if
+        drawn (exported with score 1): for front ends that place boxes by typed sizes rather than
+        by clicks in a view (the web page's "Add box")."""
+        from . import convert
+
+        center, size = [float(c) for c in centerRas], [float(s) for s in sizeMm]
+        if len(center) != 3 or len(size) != 3 or not all(0 < s < 1e4 for s in size):
+            raise ValueError("a box is a centre (R, A, S) and three edge lengths in mm, each > 0")
+        roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn lesion")
+        roi.SetAttribute(convert.ROLE_ATTRIBUTE, "box")
+        roi.SetROIType(roi.ROITypeBox)
+        roi.SetSize(*size)
+        roi.SetCenter(*center)
+        roi.CreateDefaultDisplayNodes()
+        roi.GetDisplayNode().SetFillVisibility(False)
+        self.userBoxes.append(roi)
+        return roi
+
+    def addPoint(self, centerRas):
+        """A lesion point at `centerRas` in the result's fiducial list (made when it has none)."""
+        from . import convert
+
+        if self.result is None:
+            raise RuntimeError("Run a detection first.")
+        center = [float(c) for c in centerRas]
+        if len(center) != 3:
+            raise ValueError("a point is three coordinates (R, A, S)")
+        if self.result.points is None or self.result.points.GetScene() is None:
+            self.result.points = convert.add_points(self.scene, [], name="Lesion points")
+        self.result.points.AddControlPoint(*center, "added lesion")
+        return self.result.points
+
     def _startPlacing(self, node) -> None:
         if self.app_logic is None:
             raise RuntimeError("placing needs the application logic (app_logic)")

@@ -178,14 +178,24 @@ def _components(mask, geometry, probability=None):
     import numpy as np
     from scipy import ndimage
 
-    labels, count = ndimage.label(np.asarray(mask) > 0)
+    inside = np.asarray(mask) > 0
+    # label only the block that holds the mask: a threshold change on a 512 x 512 x 100 CT then
+    # costs the lesions' size, not the volume's (the review app redraws on every change)
+    extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(e) == 0 for e in extent):
+        return np.zeros(inside.shape, dtype=np.int32), []
+    block = tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
+    block_labels, _ = ndimage.label(inside[block])
+    labels = np.zeros(inside.shape, dtype=block_labels.dtype)
+    labels[block] = block_labels
+    origin = np.array([s.start for s in block])
     found = []
     voxel_volume = float(np.prod(geometry.spacing))
-    for n, box in enumerate(ndimage.find_objects(labels), start=1):
+    for n, box in enumerate(ndimage.find_objects(block_labels), start=1):
         if box is None:
             continue
-        local = np.argwhere(labels[box] == n)
-        zyx = local + np.array([s.start for s in box])
+        local = np.argwhere(block_labels[box] == n)
+        zyx = local + np.array([s.start for s in box]) + origin
         centroid_zyx = zyx.mean(axis=0)
         seed = tuple(int(v) for v in zyx[np.argmin(((zyx - centroid_zyx) ** 2).sum(axis=1))])
         flat = np.ravel_multi_index(zyx.T, labels.shape).astype(np.int64)
