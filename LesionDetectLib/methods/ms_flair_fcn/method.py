@@ -346,8 +346,8 @@ def filter_components(mask: np.ndarray, probability: np.ndarray, spacing, min_vo
         return mask
     if score not in ("max", "mean"):
         raise LesionDetectError(f"unknown component_score {score!r}; use max or mean")
-    labels = sitk.GetArrayViewFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)),
-                                                                 False))
+    # a copy: a view of the temporary image would read freed memory once it is collected
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), False))
     inside = labels[mask].astype(np.int64)  # component of each mask voxel (1..n)
     values = np.asarray(probability, dtype=np.float32)[mask]
     n = int(inside.max())
