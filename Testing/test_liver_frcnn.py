@@ -197,6 +197,22 @@ def test_overlapping_3d_boxes_are_suppressed():
     assert len(chains_to_boxes(chains, geometry, nms_iou=0.99, min_score=0.0, max_boxes=10)) == 2
 
 
+def test_mean_chain_score_ranks_a_steady_lesion_above_one_bright_slice():
+    geometry = Geometry((40, 40, 10), (1, 1, 2.5), (0, 0, 0))
+    linker = SliceLinker(link_iou=0.3)
+    linker.add(1, np.array([[5, 5, 12, 12], [25, 25, 30, 30]]), np.array([0.8, 0.2]))
+    linker.add(2, np.array([[5, 5, 12, 12], [25, 25, 30, 30]]), np.array([0.85, 0.99]))
+    linker.add(3, np.array([[5, 5, 12, 12], [25, 25, 30, 30]]), np.array([0.9, 0.3]))
+    chains = linker.finish()
+    by_max = chains_to_boxes(chains, geometry, nms_iou=0.3, min_score=0.0, max_boxes=10)
+    by_mean = chains_to_boxes(chains, geometry, nms_iou=0.3, min_score=0.5, max_boxes=10, score_rule="mean")
+    assert [round(b.score, 3) for b in by_max] == [0.99, 0.9]
+    assert [round(b.score, 3) for b in by_mean] == [0.85]  # the bright-slice chain's mean 0.497 < 0.5
+    np.testing.assert_allclose(by_mean[0].center, by_max[1].center)
+    with pytest.raises(ValueError, match="chain score"):
+        chains[0].scored("median")
+
+
 # --- FROC --------------------------------------------------------------------------------------
 
 def match_detections(boxes, scores, truth, iou_threshold):

@@ -34,7 +34,7 @@ from .evaluation import froc_of, regressor_metrics
 from .negatives import with_rejected
 from .network import detect
 from .slices import neighbour_offset, parse_slice_range, stacks
-from .volume import SliceLinker, chains_to_boxes
+from .volume import CHAIN_SCORES, SliceLinker, chains_to_boxes
 
 
 MODELS = ("faster_rcnn", "cnn_regressor", "cnn_regressor_vgg")
@@ -96,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "slice_batch": 2,
     "link_iou": 0.3,
     "nms_iou_3d": 0.3,
+    # a 3-D lesion's score: its best slice ("max") or the mean over the slices it spans ("mean")
+    "chain_score": "max",
     "max_boxes": 50,
     # 3-D lesions whose in-plane box is smaller than this (mm, the shorter side) are dropped
     "min_box_mm": 0.0,
@@ -191,15 +193,19 @@ class LiverFasterRCNN(Method):
                                     total=math.ceil(len(chosen) / chunk), desc="detecting lesions", unit="batch"):
             for k, (boxes, scores) in zip(part, detect(model, batch, device)):
                 linker.add(k, boxes, scores)
+        rule = config.get("chain_score", "max")
+        if rule not in CHAIN_SCORES:
+            raise LesionDetectError(f"model card: unknown chain_score '{rule}'; use one of {', '.join(CHAIN_SCORES)}")
         boxes = chains_to_boxes(linker.finish(), geometry, float(config["nms_iou_3d"]), threshold,
-                                int(config["max_boxes"]))
+                                int(config["max_boxes"]), rule)
         min_mm = float(config.get("min_box_mm", 0.0))
         if min_mm > 0:
             boxes = [b for b in boxes if min(float(b.size[0]), float(b.size[1])) >= min_mm]
         provenance = Provenance(method=self.name, model_id=card.model_id, model_version=card.version,
                                 parameters={"threshold": threshold, "slices": [chosen[0], chosen[-1]],
                                             "window": config["window"], "neighbour_mm": config["neighbour_mm"],
-                                            "backbone": config["backbone"], "min_box_mm": min_mm})
+                                            "backbone": config["backbone"], "min_box_mm": min_mm,
+                                            "chain_score": rule})
         return Prediction(geometry=Geometry.of(image), provenance=provenance, threshold=threshold, boxes=boxes)
 
     def evaluate(self, model, card, dataset, device, split="test", **options):

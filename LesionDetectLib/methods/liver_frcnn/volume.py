@@ -2,7 +2,8 @@
 
 Boxes on consecutive slices that overlap (IoU >= `link_iou`, torchvision.ops.box_iou) are
 chained into one lesion, strongest detections first; a chain's 3-D box spans its slices and
-the union of its 2-D boxes, its score is the best 2-D score.  Overlapping 3-D boxes are then
+the union of its 2-D boxes, its score is the best ("max") or the mean 2-D score over its slices
+("mean": a lesion seen with confidence on every slice it spans outranks one bright slice).  Overlapping 3-D boxes are then
 suppressed (`nms_3d`, greedy by score, IoU of the boxes' volumes).
 
 Pixel convention (torchvision's): a 2-D box [x0, y0, x1, y1] has pixel i covering [i, i+1),
@@ -21,6 +22,9 @@ from ...geometry import Geometry
 from ...prediction import LesionBox
 
 
+CHAIN_SCORES = ("max", "mean")
+
+
 @dataclass
 class Chain:
     """One lesion followed through consecutive slices."""
@@ -32,6 +36,11 @@ class Chain:
     @property
     def score(self) -> float:
         return max(self.scores)
+
+    def scored(self, rule: str) -> float:
+        if rule not in CHAIN_SCORES:
+            raise ValueError(f"unknown chain score '{rule}'; use one of {', '.join(CHAIN_SCORES)}")
+        return self.score if rule == "max" else float(np.mean(self.scores))
 
     def box3d(self) -> np.ndarray:
         """[x0, y0, z0, x1, y1, z1] in pixel/slice edges (z1 exclusive like x1, y1)."""
@@ -107,22 +116,23 @@ def nms_3d(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[
 
 
 def chains_to_boxes(chains: list[Chain], geometry: Geometry, nms_iou: float, min_score: float,
-                    max_boxes: int) -> list[LesionBox]:
-    """LesionBoxes in physical space for the chains that survive 3-D NMS and the score floor;
-    each carries its per-slice 2-D boxes in `extra`."""
-    chains = [c for c in chains if c.score >= min_score]
+                    max_boxes: int, score_rule: str = "max") -> list[LesionBox]:
+    """LesionBoxes in physical space for the chains that survive 3-D NMS and the score floor
+    (chain scores by `score_rule`); each carries its per-slice 2-D boxes in `extra`."""
+    scored = [(c, c.scored(score_rule)) for c in chains]
+    chains, scores = [c for c, s in scored if s >= min_score], [s for c, s in scored if s >= min_score]
     if not chains:
         return []
     boxes = np.stack([c.box3d() for c in chains])
-    keep = nms_3d(boxes, np.array([c.score for c in chains]), nms_iou)[:max_boxes]
+    keep = nms_3d(boxes, np.array(scores), nms_iou)[:max_boxes]
     out = []
     for i in keep:
-        c, (x0, y0, z0, x1, y1, z1) = chains[i], boxes[i]
+        c, score, (x0, y0, z0, x1, y1, z1) = chains[i], scores[i], boxes[i]
         # pixel edges -> inclusive continuous voxel indices (centre of voxel i is at edge i + 0.5)
         lo, hi = [x0, y0, z0], [x1 - 1, y1 - 1, z1 - 1]
         key = c.slices[int(np.argmax(c.scores))]
         out.append(LesionBox.from_index_range(
-            geometry, lo, hi, score=c.score, label="lesion",
+            geometry, lo, hi, score=score, label="lesion",
             extra={"key_slice": key,
                    "slices": [{"slice": k, "box": [round(v, 2) for v in b], "score": round(s, 4)}
                               for k, b, s in zip(c.slices, c.boxes, c.scores)]}))
