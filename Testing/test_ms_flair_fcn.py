@@ -612,3 +612,85 @@ def test_shipped_model_tiny_inference():
     assert params["operating_point"] == "lesion" and params["input_check"]["looks_like_flair"]
     volumes = [b.extra["volume_mm3"] for b in pred.boxes]
     assert all(v >= card.config["min_lesion_mm3"] for v in volumes)
+
+
+# --- small-plaque loss (config small_lesion_loss) -------------------------------------------
+
+def _tiles_with(*boxes, shape=(2, 1, 24, 24)):
+    labels = torch.zeros(shape, dtype=torch.uint8)
+    for b, ys, xs in boxes:
+        labels[b, 0, ys, xs] = 1
+    return labels
+
+
+def test_small_lesion_loss_counts_every_lesion_the_same():
+    from LesionDetectLib.methods.ms_flair_fcn.network import lesion_balanced_bce, lesion_weights
+
+    # one 2x2 plaque in tile 0, one 12x12 plaque in tile 1; a diagonal touch is two lesions (4-connected)
+    labels = _tiles_with((0, slice(2, 4), slice(2, 4)), (1, slice(5, 17), slice(5, 17)))
+    w = lesion_weights(labels.numpy())
+    assert w.shape == labels.shape and w.dtype == np.float32
+    assert math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+    assert math.isclose(float(w[0].sum()), 0.5, rel_tol=1e-6) and math.isclose(float(w[1].sum()), 0.5, rel_tol=1e-6)
+    assert (w[labels.numpy() == 0] == 0).all()
+    diagonal = _tiles_with((0, 1, 1), (0, 2, 2), shape=(1, 1, 8, 8))
+    assert np.count_nonzero(np.unique(lesion_weights(diagonal.numpy()))) == 1 and lesion_weights(diagonal.numpy()).max() == 0.5
+    assert not lesion_weights(np.zeros((3, 1, 8, 8))).any()
+    # missing the small plaque costs as much as missing the large one (plain BCE: 36x less)
+    logits = torch.where(labels.bool(), 8.0, -8.0)  # everything right ...
+    miss_small, miss_large = logits.clone(), logits.clone()  # ... but one plaque
+    miss_small[labels.bool() & (torch.arange(2)[:, None, None, None] == 0)] = -8.0
+    miss_large[labels.bool() & (torch.arange(2)[:, None, None, None] == 1)] = -8.0
+    wt = torch.from_numpy(w)
+    small, large = float(lesion_balanced_bce(miss_small, wt)), float(lesion_balanced_bce(miss_large, wt))
+    assert math.isclose(small, large, rel_tol=1e-5) and small > 1.5
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(bce(miss_large, labels.float())) > 30 * float(bce(miss_small, labels.float()))
+
+
+def test_small_lesion_loss_option_trains_with_finite_gradients_and_is_off_by_default():
+    method = get_method("ms-flair-fcn")
+    assert method.defaults["small_lesion_loss"] == 0.0
+    config = {**method.defaults, "unet_base": 4, "unet_depth": 2}
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 24, 24)
+    labels = _tiles_with((0, slice(2, 4), slice(2, 4)), (2, slice(5, 17), slice(5, 17)), shape=(4, 1, 24, 24))
+    plain = method.build_model(config)
+    weighted = method.build_model({**config, "small_lesion_loss": 1.0})
+    weighted.load_state_dict(plain.state_dict())
+    off = method.batch_loss(plain, (images, labels), "cpu")
+    on = method.batch_loss(weighted, (images, labels), "cpu")
+    manual = (torch.nn.functional.binary_cross_entropy_with_logits(plain.logits(images), labels.float())
+              + msf.network.soft_dice_loss(plain(images), labels.float()))
+    assert math.isclose(off.item(), manual.item(), rel_tol=1e-5)  # option 0: the plain BCE + Dice
+    assert on.item() > off.item() + 0.1
+    on.backward()
+    grads = [p.grad for p in weighted.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # a batch without lesions: the term is 0
+    empty = torch.zeros_like(labels)
+    assert math.isclose(method.batch_loss(weighted, (images, empty), "cpu").item(),
+                        method.batch_loss(plain, (images, empty), "cpu").item(), rel_tol=1e-5)
+
+
+def test_issue17_recipe_configs_are_valid_and_the_recipes_script_parses():
+    import importlib.util
+    from pathlib import Path
+
+    from LesionDetectLib.training import training_config
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("ms_flair_recipes", root / "Testing/benchmarks/ms_flair_recipes.py")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    method = get_method("ms-flair-fcn")
+    for name, (_, config, synth_params) in recipes.RECIPES.items():
+        merged = training_config(method, config)  # unknown keys would be an error
+        assert merged["epochs"] == method.defaults["epochs"]  # the same schedule for every recipe
+        assert (merged["small_lesion_loss"] > 0) == (name in ("small-loss", "all"))
+        assert merged["context_slices"] == (2 if name in ("context2", "all") else 1)
+        assert bool(synth_params) == (name in ("synth-contrast", "all"))
+    args = recipes.parse(["--out", "/tmp/x", "--smoke", "--jobs", "4"])
+    assert args.epochs == 1 and args.synthetic == 1 and args.size == "small" and args.work == Path("/tmp/x/work")
+    assert recipes.overrides(recipes.parse(["--out", "o", "--epochs", "30", "--batch-size", "64"])) == \
+        {"epochs": 30, "batch_size": 64}

@@ -25,6 +25,9 @@ def voxel_of(case, position):
     return (z, y, x) if case.mask.ndim == 3 else (y, x)
 
 
+QUIET = {"ms-flair": {"random_contrast"}}  # parameters added later: not recorded at their default
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -37,7 +40,8 @@ def test_each_kind_writes_a_valid_dataset(kind, tmp_path):
     ds = load_dataset(root)
     assert len(ds.cases) == 2
     assert ds.extra["generator"]["kind"] == kind and ds.extra["generator"]["seed"] == 3
-    assert set(synth.parameters(kind)) == set(ds.extra["generator"]["params"])
+    # every parameter is recorded, except a "quiet" one at its default (ms-flair random_contrast)
+    assert set(synth.parameters(kind)) - set(ds.extra["generator"]["params"]) == QUIET.get(kind, set())
     for case in ds.cases:
         image = sitk.ReadImage(str(case.image))
         assert image.GetDimension() == (2 if kind == "bone-scan" else 3)
@@ -192,6 +196,34 @@ def test_ms_flair_full_grid_is_the_real_mni_grid(shared_data):
     assert ms_flair.grid("full").same_grid(Geometry.of(real))
     small = synth.make_case("ms-flair", seed=0, index=0, size="small")
     assert Geometry.of(small.image).same_grid(ms_flair.grid("small"))
+
+
+def test_ms_flair_random_contrast_changes_only_the_contrasts(tmp_path):
+    plain = synth.make_case("ms-flair", seed=2, index=0, size="small")
+    cases = [synth.make_case("ms-flair", seed=2, index=i, size="small", params={"random_contrast": 1})
+             for i in range(6)]
+    drawn = cases[0]
+    # its own random stream: same anatomy, plaques, noise draws; only the tissue values differ
+    np.testing.assert_array_equal(drawn.mask, plain.mask)
+    np.testing.assert_array_equal(drawn.roi, plain.roi)
+    assert [f["center_zyx"] for f in drawn.findings] == [f["center_zyx"] for f in plain.findings]
+    assert not np.array_equal(drawn.array, plain.array)
+    assert "tissue_contrast" not in plain.entry
+    values = [c.entry["tissue_contrast"] for c in cases]
+    for v in values:
+        assert 0.55 <= v["plaque_factor"] <= 1.6 and 1.1 <= v["gm"] <= 1.45 and 0.05 <= v["csf"] <= 0.3
+        assert v["rim"] == 0 or 1.15 <= v["rim"] <= 1.5
+    assert len({v["plaque_factor"] for v in values}) == 6 and any(v["rim"] for v in values)
+    # brighter plaques where the factor is larger (relative to the case's own white matter)
+    ratio = [np.median(c.array[c.mask == 1]) / np.percentile(c.array[(c.roi == 1) & (c.mask == 0)], 60) for c in cases]
+    order = np.argsort([v["plaque_factor"] for v in values])
+    assert ratio[order[-1]] > ratio[order[0]] + 0.1
+    # off by default, and then not in dataset.json (studies made before it stay byte-identical)
+    doc = json.loads((synth.generate("ms-flair", tmp_path / "a", cases=1, seed=2) / "dataset.json").read_text())
+    assert "random_contrast" not in doc["generator"]["params"] and "tissue_contrast" not in doc["cases"][0]
+    doc = json.loads((synth.generate("ms-flair", tmp_path / "b", cases=1, seed=2, params={"random_contrast": 1})
+                      / "dataset.json").read_text())
+    assert doc["generator"]["params"]["random_contrast"] is True and "tissue_contrast" in doc["cases"][0]
 
 
 def test_bone_scan_labels_match_the_drawn_hot_spots():

@@ -121,8 +121,11 @@ def generate(kind: str, out: str | os.PathLike, cases: int = 4, seed: int = 0, s
         results = list(progress(done, total=cases, desc=f"synth {kind}", unit="case"))
     entries = [entry for entry, _ in results]
     mask_labels = results[-1][1]
-    generator = {"kind": kind, "seed": int(seed), "cases": int(cases), "size": size, "params": values,
-                 "param_help": {k: h for k, (_, h) in parameters(kind).items()},
+    spec = {**COMMON_PARAMS, **gen.PARAMS}
+    recorded = [k for k in values if not (spec[k].quiet and values[k] == spec[k].default)]
+    generator = {"kind": kind, "seed": int(seed), "cases": int(cases), "size": size,
+                 "params": {k: values[k] for k in recorded},
+                 "param_help": {k: spec[k].help for k in recorded},
                  "lesiondetect_version": __version__}
     write_dataset_json(out, name=f"synthetic {kind} (seed {seed}, {size})", modality=gen.MODALITY,
                        labels=mask_labels, cases=entries, generator=generator,

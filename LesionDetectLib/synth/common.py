@@ -34,6 +34,9 @@ OUTSIDE = np.float32(-1e4)  # depth of "far outside every shape"
 class Param:
     default: Any
     help: str
+    # left out of dataset.json's generator record while at its default, so that the studies made
+    # before the parameter existed stay byte-identical (resolve_params fills the default back in)
+    quiet: bool = False
 
 
 # Knobs every kind has, so methods can be tested from easy to hard with the same words.

@@ -11,6 +11,9 @@ scalp fat (also cut tangentially on top-of-head slices), skull, eyes with bright
 and sinuses with bright mucosa.  Ground truth: plaque mask, brain mask (`roi`).
 """
 
+# The docstring above is every study's dataset.json "description": changing it changes the files.
+# `random_contrast=1` (random_contrasts) draws the tissue contrasts per case to cover the real
+# cases' range; off by default, so the plain studies stay byte-identical.
 from __future__ import annotations
 
 import numpy as np
@@ -31,6 +34,9 @@ PARAMS = {
     "plaque_contrast_max": Param(0.9, "brightest plaque, as a fraction above white matter"),
     "noise_fraction": Param(0.035, "noise standard deviation as a fraction of white matter"),
     "skull_stripped": Param(False, "zero everything outside the brain, like the MNI cases"),
+    "random_contrast": Param(False, "draw the plaque, grey-matter, deep-grey and CSF contrasts per case (plaque "
+                                    "median about 1.2-1.7 x white matter, as open_ms_data to MSLesSeg) and, in half "
+                                    "of the cases, a bright unlabelled periventricular rim", quiet=True),
 }
 # (z, y, x) sizes, spacing (mm) and the physical origin of index 0 (LPS)
 SIZE = {"full": ((182, 218, 182), (1.0, 1.0, 1.0), (-90.0, 126.0, -72.0)),
@@ -113,9 +119,15 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
     labels = np.zeros(shape, np.uint8)
     wm_signal = float(rng.uniform(70, 150))
     signal = np.zeros(shape, np.float32)
-    for t, value in ((WM, TISSUE["wm"]), (GM, TISSUE["gm"]), (DEEP_GM, TISSUE["deep_gm"]), (CSF, TISSUE["csf"])):
+    # random_contrast draws from a stream of its own: anatomy, plaques and noise stay those of the plain case
+    contrasts = random_contrasts(case_rng(KIND, seed, index, stream=1)) if params["random_contrast"] else None
+    values = {**TISSUE, **contrasts["tissue"]} if contrasts else TISSUE
+    for t, value in ((WM, values["wm"]), (GM, values["gm"]), (DEEP_GM, values["deep_gm"]), (CSF, values["csf"])):
         signal[tissue == t] = value
     parenchyma = (tissue == WM) | (tissue == DEEP_GM) | (tissue == GM)
+    if contrasts and contrasts["rim"]:  # caps and bands: bright white matter hugging the ventricles, not a plaque
+        rim = parenchyma & (ventricles <= 0) & (ventricles > -contrasts["rim_mm"])
+        signal[rim] = np.maximum(signal[rim], np.float32(contrasts["rim"]))
     count = int(rng.poisson(params["lesions_mean"] * params["lesion_count"]))
     juxtacortical = np.flatnonzero((tissue == WM) & (brain > 3) & (brain < 9))
     deep_wm = np.flatnonzero((tissue == WM) & (brain > 18) & (ventricles < -8))
@@ -164,6 +176,8 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
             continue
         sl, d = res
         brightness = params["contrast"] * rng.uniform(params["plaque_contrast_min"], params["plaque_contrast_max"])
+        if contrasts:
+            brightness *= contrasts["plaque_factor"]
         weight = smoothstep(-0.6, 0.6, d) * parenchyma[sl]
         region_signal = signal[sl]
         region_signal += weight * (TISSUE["wm"] + brightness - region_signal)
@@ -187,9 +201,29 @@ def make_case(seed: int, index: int, size: str, params: dict) -> SynthCase:
     if params["skull_stripped"]:
         signal *= roi
     image = geometry.image(signal.astype(np.float32))
+    entry = {"skull_stripped": bool(params["skull_stripped"])}
+    if contrasts:
+        entry["tissue_contrast"] = {k: round(float(v), 4) for k, v in
+                                    {**contrasts["tissue"], "plaque_factor": contrasts["plaque_factor"],
+                                     "rim": contrasts["rim"], "rim_mm": contrasts["rim_mm"]}.items()}
     return SynthCase(
         id=name, patient=name, image=image, mask=labels, roi=roi, findings=findings,
-        mask_labels=dict(LABELS), entry={"skull_stripped": bool(params["skull_stripped"])})
+        mask_labels=dict(LABELS), entry=entry)
+
+
+def random_contrasts(rng: np.random.Generator) -> dict:
+    """One case's tissue contrasts for `random_contrast` (relative to white matter = 1).
+
+    The real cases differ most in plaque contrast: plaque median 1.30-1.35 x white matter in
+    open_ms_data (and the plain synthetic head), 1.49-1.57 x in MSLesSeg P18, whose grey matter
+    is brighter too and whose bright periventricular rims are not annotated.  The plaque
+    brightness above white matter is scaled by `plaque_factor` (log-uniform 0.55-1.6: plaque
+    median about 1.2-1.7 x); grey matter 1.1-1.45, deep grey 1.0-1.2, CSF 0.05-0.3; half the
+    cases get a rim of 1-3 mm at 1.15-1.5 x around the ventricles (left out of the mask)."""
+    tissue = {"gm": rng.uniform(1.1, 1.45), "deep_gm": rng.uniform(1.0, 1.2), "csf": rng.uniform(0.05, 0.3)}
+    plaque_factor = float(np.exp(rng.uniform(np.log(0.55), np.log(1.6))))
+    rim = float(rng.uniform(1.15, 1.5)) if rng.random() < 0.5 else 0.0
+    return {"tissue": tissue, "plaque_factor": plaque_factor, "rim": rim, "rim_mm": float(rng.uniform(1.0, 3.0))}
 
 
 def _paint_head(rng, signal, brain, shape, spacing, arr, centre, scale):

@@ -15,6 +15,8 @@ Experiments: --models default --default-config C trains the default model with c
 (labelled "defaults + C" in the results); --cases X runs only the fold that
 tests on X, so folds can run as separate processes (--out to a scratch file), and a final
 --evaluate-only run collects them into one results file.
+The issue #17 recipe comparison (small-plaque loss, 5-slice context, random-contrast
+synthetic heads; parallel folds, GPU) is ms_flair_recipes.py, which uses this file's fold code.
 """
 
 from __future__ import annotations
@@ -41,26 +43,56 @@ KIND = {"default (2.5-D U-Net)": "default", "paper's network": "paper", "new rec
 KEYS = ("pixel_precision", "pixel_recall", "pixel_f", "dice", "lesion_sensitivity", "lesion_precision", "lesion_f1")
 
 
-def synthetic_cases(work: Path, n: int) -> list[dict]:
-    """`n` full-size synthetic ms-flair heads (seed 0, as the shipped model's) for training."""
+def synthetic_cases(work: Path, n: int, params: dict | None = None, size: str = "full", jobs: int = 1) -> list[dict]:
+    """`n` synthetic ms-flair heads (seed 0, full size, as the shipped model's) for training;
+    `params` are synth parameters (e.g. {"random_contrast": True}), `jobs` generator processes."""
     if n <= 0:
         return []
     from LesionDetectLib.synth import generate
 
-    folder = work / f"synthetic_{n}"
+    folder = work / synthetic_tag(n, params, size)
     if not (folder / "dataset.json").exists():
-        generate("ms-flair", folder, cases=n, seed=0, size="full")
+        generate("ms-flair", folder, cases=n, seed=0, size=size, params=params, jobs=jobs)
     return [{"id": c.id, "patient": c.patient, "image": str(c.image), "mask": str(c.mask), "split": "train"}
             for c in load_dataset(folder).cases]
 
 
-def fold_dataset(data: Path, cases: list[str], test: str, work: Path, synthetic: int = 0) -> Path:
-    folder = work / (f"fold_{test}" + (f"_synth{synthetic}" if synthetic else ""))
+def synthetic_tag(n: int, params: dict | None = None, size: str = "full") -> str:
+    """Folder name part of a synthetic set: "synthetic_3" for the shipped model's heads."""
+    extra = "".join(f"_{k}-{v}" for k, v in sorted((params or {}).items())) + ("" if size == "full" else f"_{size}")
+    return f"synthetic_{n}{extra}"
+
+
+def fold_dataset(data: Path, cases: list[str], test: str, work: Path, synthetic: int = 0,
+                 synth_params: dict | None = None, synth_size: str = "full") -> Path:
+    tag = synthetic_tag(synthetic, synth_params, synth_size).replace("synthetic_", "_synth") if synthetic else ""
+    folder = work / f"fold_{test}{tag}"
     if not (folder / "dataset.json").exists():
         write_dataset_json(folder, f"ms_flair_loo_test_{test}", "MR", [
             {"id": c, "patient": c, "image": str(data / c / "flair.nii.gz"), "mask": str(data / c / "lesions.nii.gz"),
-             "split": "test" if c == test else "train"} for c in cases] + synthetic_cases(work, synthetic))
+             "split": "test" if c == test else "train"} for c in cases]
+            + synthetic_cases(work, synthetic, synth_params, synth_size))
     return folder
+
+
+def fold_rows(label: str, folder: Path, model_dir: Path, test: str, device: str, t0: float) -> list[dict]:
+    """The result rows (lesion and pixel operating points) of a trained fold model on its test case."""
+    method, model, card, dev = load_trained(model_dir, device=device)
+    if "lesion" not in card.thresholds:  # a fold model of an earlier run: add the lesion operating point
+        card.thresholds.update(method.calibrate(model, load_dataset(folder), card.config, dev))
+    rows = []
+    for point, threshold in (("lesion", None), ("pixel", card.thresholds["pixel"])):
+        metrics = method.evaluate(model, card, load_dataset(folder), dev, split="test", threshold=threshold)
+        case = metrics["cases"][0]
+        rows.append({"model": label, "test_case": test, "operating_point": point, **{k: case[k] for k in KEYS},
+                     "truth_lesions": case["truth_lesions"], "predicted_lesions": case["predicted_lesions"],
+                     "threshold": metrics["threshold"], "min_lesion_mm3": metrics["operating_point"]["min_lesion_mm3"],
+                     "component": metrics["operating_point"]["component"], "by_size": case["by_size"],
+                     "train_seconds": card.training.get("seconds"),
+                     "train_tiles": card.training.get("train_samples"), "model_dir": str(model_dir),
+                     "wall_seconds": round(time.perf_counter() - t0, 1)})
+        print(f"{label:24s} {test:28s} {point:7s}" + " ".join(f"{k}={case[k]:.3f}" for k in KEYS), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -109,21 +141,7 @@ def main(argv=None) -> int:
                     continue
                 train("ms-flair-fcn", folder, model_dir, config_path=default_config if config is None else config,
                       device=args.device, resume=True)
-            method, model, card, device = load_trained(model_dir, device=args.device)
-            if "lesion" not in card.thresholds:  # a fold model of an earlier run: add the lesion operating point
-                card.thresholds.update(method.calibrate(model, load_dataset(folder), card.config, device))
-            points = [("lesion", None), ("pixel", card.thresholds["pixel"])]
-            for point, threshold in points:
-                metrics = method.evaluate(model, card, load_dataset(folder), device, split="test", threshold=threshold)
-                case = metrics["cases"][0]
-                rows.append({"model": label, "test_case": test, "operating_point": point, **{k: case[k] for k in KEYS},
-                             "truth_lesions": case["truth_lesions"], "predicted_lesions": case["predicted_lesions"],
-                             "threshold": metrics["threshold"], "min_lesion_mm3": metrics["operating_point"]["min_lesion_mm3"],
-                             "component": metrics["operating_point"]["component"], "by_size": case["by_size"],
-                             "train_seconds": card.training.get("seconds"),
-                             "train_tiles": card.training.get("train_samples"), "model_dir": str(model_dir),
-                             "wall_seconds": round(time.perf_counter() - t0, 1)})
-                print(f"{label:24s} {test:28s} {point:7s}" + " ".join(f"{k}={case[k]:.3f}" for k in KEYS), flush=True)
+            rows += fold_rows(label, folder, model_dir, test, args.device, t0)
     means = []
     for label in chosen:
         for point in ("lesion", "pixel"):

@@ -33,7 +33,7 @@ from ...prediction import LesionBox, Prediction, Provenance
 from ...progress import progress
 from ..base import Method
 from .data import ModelGrid, TileSet, case_tiles, flair_check, foreground_box, normalise, slice_stack, tiles_at
-from .network import build_network, soft_dice_loss
+from .network import build_network, lesion_balanced_bce, lesion_weights, soft_dice_loss
 
 STRONG_AUGMENTATIONS = ("gamma", "contrast", "bias", "blur", "noise", "spatial")
 SPLIT = {"train": 1.0}  # without dataset splits every labelled case trains (and is evaluated)
@@ -60,6 +60,9 @@ class MSFlairFCN(Method):
         "lesion_tile_fraction": None,  # share of draws that are lesion tiles; None = their share of the tiles
         "intensity_augment": 0.15,
         "loss": "bce_dice",  # "mse" (paper) | "bce_dice"
+        # weight of a lesion-size-balanced term added to the loss (network.lesion_balanced_bce: every
+        # true lesion of a batch counts the same, so small plaques are not outweighed by big ones); 0 = off
+        "small_lesion_loss": 0.0,
         "optimizer": "adam",
         "lr": 2e-3,
         "lr_schedule": "cosine",
@@ -147,12 +150,17 @@ class MSFlairFCN(Method):
         return tiles(train_cases, True), (tiles(val_cases, False) if val_cases else None)
 
     def batch_loss(self, model, batch, device):
-        images, labels = (t.to(device) for t in batch)
+        images, labels = batch
+        weight = getattr(model, "small_lesion_loss", 0.0)
+        lesions = torch.from_numpy(lesion_weights(labels.cpu().numpy())).to(device) if weight else None
+        images, labels = images.to(device), labels.to(device)
         target = labels.float()
-        if model.loss == "mse":
-            return F.mse_loss(model(images), target)
         logits = model.logits(images)
-        return F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(torch.sigmoid(logits), target)
+        if model.loss == "mse":
+            loss = F.mse_loss(torch.sigmoid(logits), target)
+        else:
+            loss = F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(torch.sigmoid(logits), target)
+        return loss + weight * lesion_balanced_bce(logits, lesions) if weight else loss
 
     # --- probabilities ---------------------------------------------------------------
     @torch.inference_mode()
