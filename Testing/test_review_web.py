@@ -351,6 +351,165 @@ def test_session_next_case_by_the_adapters_ranking(headless_scene, tmp_path):
     assert case_id == "case0" and "order" in how  # no model to rank with: the dataset's order
 
 
+def test_a_threshold_change_touches_only_the_lesions_block(headless_scene, tmp_path):
+    """The re-threshold behind the slider (overlay.set_threshold) reads, stores and labels only the
+    block of the map that reaches the threshold: the segment is still exactly probability >= t
+    everywhere (also when nothing or everything passes), and the findings read the segment's
+    block (convert.segment_mask_block) to the same voxels."""
+    from LesionDetectMRML import convert
+    from LesionDetectMRML.samples import make_study
+    from LesionDetectWeb.session import ReviewSession
+
+    session = ReviewSession(root=make_review_dataset(tmp_path / "data", n_cases=1), scene=headless_scene.scene,
+                            segmentations_logic=headless_scene.logic("Segmentations"),
+                            app_logic=headless_scene.app_logic, method="liver-frcnn")
+    session.open_case("case0")
+    prediction = make_study("liver", seed=0).prediction
+    session.logic.showPrediction(session.volume, prediction)
+    result = session.logic.result
+    for threshold in (0.2, 0.9, 0.5, 1.5, 0.0, 0.3):
+        session.set_display(threshold=threshold)
+        want = prediction.probability >= threshold
+        np.testing.assert_array_equal(_mask(session).astype(bool), want)
+        block, offset = convert.segment_mask_block(result.segmentation, result.segment_id, result.input_volume,
+                                                   session.segmentations_logic)
+        got = np.zeros(want.shape, bool)
+        got[tuple(slice(o, o + n) for o, n in zip(offset, block.shape))] = block > 0
+        np.testing.assert_array_equal(got, want)
+        if 0 < want.sum() < want.size:
+            assert block.size < want.size  # only the lesions' block
+        assert sum(f["kind"] == "component" for f in session.findings()) == ndimage_count(want)
+
+    # the boxes' resize handles: on the box under review and on the user's boxes only
+    session._attach_editor()
+    def handles():
+        return {roi.GetName(): bool(roi.GetDisplayNode().GetHandlesInteractive()) for roi in session.logic.currentBoxes()}
+
+    assert result.boxes and not any(handles().values())
+    box = next(f for f in session.findings() if f["kind"] == "box")
+    session.select_finding(box["id"])
+    assert sum(handles().values()) == 1
+    added = session.add_box((5.0, 5.0, 5.0))
+    session.review("next")
+    assert handles()[added.GetName()]
+
+
+def ndimage_count(mask) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask)[1])
+
+
+@pytest.fixture
+def editing_session(tmp_path):
+    """A session on trame-slicer's SlicerApp (its scene and segment editor, no views), a case open
+    and the synthetic liver study's result shown, the editor on its lesion segment."""
+    import LesionDetectWeb
+
+    missing = LesionDetectWeb.missing_requirement()
+    if missing:
+        pytest.skip(missing)
+    from trame_slicer.core import SlicerApp
+
+    from LesionDetectMRML.samples import make_study
+    from LesionDetectWeb.session import ReviewSession
+
+    app = SlicerApp()
+    session = ReviewSession(root=make_review_dataset(tmp_path / "data", n_cases=1), scene=app.scene,
+                            segmentations_logic=app.segmentations_logic, app_logic=app.app_logic,
+                            segmentation_editor=app.segmentation_editor, method="liver-frcnn")
+    session.open_case("case0")
+    session.logic.showPrediction(session.volume, make_study("liver", seed=0).prediction)
+    session._attach_editor()
+    yield session
+    app.scene.Clear(0)
+
+
+def test_session_segment_editor_effects_and_undo(editing_session):
+    """trame-slicer's effects on the lesion segment, on real MRML: islands, smoothing, threshold and
+    logical operators change the voxels as they should, undo / redo restore them, the review states
+    follow (a changed model component reads as edited), a re-threshold clears the undo history."""
+    from scipy import ndimage
+
+    from LesionDetectLib.io import read_image
+    from LesionDetectWeb.session import EFFECTS
+
+    session = editing_session
+    for name in EFFECTS:  # every effect the page offers activates on the lesion segment
+        effect = session.set_effect(name, brush_mm=4.0)
+        assert type(effect).__name__ == EFFECTS[name]
+    with pytest.raises(ValueError):
+        session.set_effect("Explode")
+    session.set_effect("None")
+    assert not session.can_undo()
+    with pytest.raises(RuntimeError):
+        session.undo()
+
+    original = _mask(session).astype(bool)
+    n = ndimage.label(original)[1]  # the findings' components (6-connected)
+    islands, n_islands = ndimage.label(original, np.ones((3, 3, 3)))  # Slicer's islands (26-connected)
+    assert n_islands >= 2, "the sample needs two lesion islands"
+    sizes = ndimage.sum(original, islands, range(1, n_islands + 1))
+    largest = islands == 1 + int(np.argmax(sizes))
+
+    session.apply_effect("keep largest island")
+    np.testing.assert_array_equal(_mask(session).astype(bool), largest)
+    states = [f["state"] for f in session.findings() if f["kind"] == "component"]
+    assert states == ["unreviewed"] * ndimage.label(largest)[1], states  # kept as they were; the others gone
+    session.undo()
+    np.testing.assert_array_equal(_mask(session).astype(bool), original)
+    assert len([f for f in session.findings() if f["kind"] == "component"]) == n
+    session.redo()
+    np.testing.assert_array_equal(_mask(session).astype(bool), largest)
+    session.undo()
+
+    session.apply_effect("remove small islands", int(sizes.max()) + 1)  # every island is smaller
+    assert not _mask(session).any()
+    session.undo()
+
+    session.apply_effect("invert")
+    np.testing.assert_array_equal(_mask(session).astype(bool), ~original)
+    session.undo()
+    session.apply_effect("clear")
+    assert not _mask(session).any()
+    session.undo()
+
+    session.apply_effect("closing", 6.0)  # closing keeps every voxel and may add some
+    closed = _mask(session).astype(bool)
+    assert (closed | original).sum() == closed.sum()
+    session.undo()
+    session.apply_effect("opening", 6.0)  # opening only removes
+    opened = _mask(session).astype(bool)
+    assert not (opened & ~original).any() and opened.sum() < original.sum()
+    states = {f["state"] for f in session.findings() if f["kind"] == "component"}
+    assert "edited" in states, states
+    kept = next(f["id"] for f in session.findings() if f["kind"] == "component")
+    session.select_finding(kept)
+    session.review("reject")
+    session.undo()  # the voxels as before the opening; the decision made after it stays
+    np.testing.assert_array_equal(_mask(session).astype(bool), original)
+    assert {f["id"]: f["state"] for f in session.findings()}[kept] == "rejected"
+
+    image = read_image(session.root / "images" / "case0.nrrd")
+    import SimpleITK as sitk
+
+    voxels = sitk.GetArrayFromImage(image)
+    lo, hi = np.percentile(voxels, [99.0, 100.0])
+    session.apply_effect("threshold", lo, hi)  # adds the voxels in [lo, hi]
+    np.testing.assert_array_equal(_mask(session).astype(bool), original | ((voxels >= lo) & (voxels <= hi)))
+    session.undo()
+    np.testing.assert_array_equal(_mask(session).astype(bool), original)
+    with pytest.raises(ValueError):
+        session.apply_effect("threshold", hi, lo)
+    with pytest.raises(ValueError):
+        session.apply_effect("explode")
+
+    session.apply_effect("clear")
+    assert session.can_undo()
+    session.set_display(threshold=0.3)  # the model's mask again: the edits and their history are gone
+    assert not session.can_undo() and _mask(session).any()
+
+
 def _mask(session):
     from LesionDetectMRML import convert
 
@@ -561,6 +720,16 @@ def test_review_loop_in_a_real_browser(review_server, browser):
     _click(browser, "effect-none")
     _wait(browser, lambda: _state(browser, "effect") == "None", what="no effect")
     _shot(browser, "painted")
+
+    # undo the stroke and redo it (trame-slicer's undo history, on the page)
+    def components():
+        return sum(1 for f in _state(browser, "findings") if f["kind"] == "component")
+
+    stroked = _wait(browser, lambda: _state(browser, "can_undo") and components(), what="Undo enabled")
+    _click(browser, "undo")
+    _wait(browser, lambda: _state(browser, "can_redo") and components() < stroked, what="the stroke undone")
+    _click(browser, "redo")
+    _wait(browser, lambda: components() == stroked and not _state(browser, "can_redo"), what="the stroke redone")
 
     # add a box of a given physical size at the axial view's centre
     for axis, value in zip("xyz", ("14", "9", "6")):

@@ -106,12 +106,16 @@ def volume_geometry(node) -> Geometry:
     return Geometry(size, node.GetSpacing(), ras_to_lps(node.GetOrigin()), directions.ravel())
 
 
-def volume_array(node) -> np.ndarray:
-    """A (z, y, x) copy of a volume node's voxels."""
+def volume_array(node, copy: bool = True) -> np.ndarray:
+    """A (z, y, x) copy of a volume node's voxels (copy=False: a read-only view of them, valid
+    while the node keeps its image data; for reading a large map without copying it)."""
     image = node.GetImageData()
     nx, ny, nz = image.GetDimensions()
-    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    return scalars.reshape(nz, ny, nx).copy()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx)
+    if copy:
+        return scalars.copy()
+    scalars.flags.writeable = False
+    return scalars
 
 
 def volume_to_image(node) -> sitk.Image:
@@ -120,12 +124,6 @@ def volume_to_image(node) -> sitk.Image:
 
 
 # --- segmentation ---------------------------------------------------------------------------
-
-def _labelmap_node(scene, mask: np.ndarray, geometry: Geometry):
-    """A temporary labelmap node (caller removes it)."""
-    return add_volume(scene, (np.asarray(mask) > 0).astype(np.uint8), geometry, "LesionDetect temporary labelmap",
-                      class_name="vtkMRMLLabelMapVolumeNode")
-
 
 def _segmentation_node(scene, name: str, reference_volume):
     """An empty segmentation node shown in every view, with the reference volume's geometry."""
@@ -163,17 +161,34 @@ def add_region_segmentation(scene, segmentations_logic, labels: np.ndarray, regi
     return seg_node
 
 
-def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, geometry: Geometry, segmentations_logic) -> None:
-    """Replace one segment's voxels with `mask` ((z, y, x) on `geometry`)."""
-    scene = seg_node.GetScene()
-    labelmap = _labelmap_node(scene, mask, geometry)
-    try:
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        if not segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, seg_node, ids):
-            raise RuntimeError(f"could not import the mask into segment {segment_id!r}")
-    finally:
-        scene.RemoveNode(labelmap)
+def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, geometry: Geometry, segmentations_logic,
+                     offset=None) -> None:
+    """Replace one segment's voxels with `mask` ((z, y, x) on `geometry`).
+
+    With `offset` (z, y, x), `mask` is only the block of the grid starting at that voxel and
+    the segment becomes that block's voxels (nothing outside it).  Without it the mask is cut
+    to the block that holds it.  The segment keeps the block as its labelmap's extent on the
+    grid (as Slicer keeps a segment's effective extent), so a lesion-sized block costs its
+    size, not the volume's."""
+    import slicer
+
+    if offset is None:
+        inside = np.asarray(mask) > 0
+        extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        block = tuple(slice(int(e[0]), int(e[-1]) + 1) if len(e) else slice(0, 1) for e in extent)
+        mask, offset = inside[block], tuple(b.start for b in block)
+    mask = np.ascontiguousarray(np.asarray(mask) > 0, dtype=np.uint8)
+    if seg_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise KeyError(f"no segment {segment_id!r} in {seg_node.GetName()}")
+    image = slicer.vtkOrientedImageData()
+    (z0, y0, x0), (nz, ny, nx) = offset, mask.shape
+    image.SetExtent(x0, x0 + nx - 1, y0, y0 + ny - 1, z0, z0 + nz - 1)  # on the whole grid
+    image.SetImageToWorldMatrix(vtk_matrix(geometry.ijk_to_ras()))
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True,
+                                                               array_type=vtk.VTK_UNSIGNED_CHAR))
+    replace = slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, replace):
+        raise RuntimeError(f"could not put the mask into segment {segment_id!r}")
 
 
 def segment_mask(seg_node, segment_id: str, reference_volume, segmentations_logic) -> np.ndarray:
@@ -194,6 +209,41 @@ def segment_mask(seg_node, segment_id: str, reference_volume, segmentations_logi
         return (volume_array(labelmap) > 0).astype(np.uint8)
     finally:
         scene.RemoveNode(labelmap)
+
+
+def segment_mask_block(seg_node, segment_id: str, reference_volume, segmentations_logic) -> tuple:
+    """(uint8 (z, y, x) mask, offset): one segment cut to the block Slicer keeps its labelmap in,
+    the block's first voxel at `offset` (z, y, x) on the reference volume's grid; an empty segment
+    is a (0, 0, 0) mask.  What segment_mask gives, without the empty rest of a large volume.  Read
+    from the segment's binary labelmap when it lies on the reference grid (as the model's mask and
+    the editor's strokes do), else through segment_mask."""
+    import slicer
+
+    segment = seg_node.GetSegmentation().GetSegment(segment_id)
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    image = segment.GetRepresentation(name) if segment is not None else None
+    untransformed = seg_node.GetParentTransformNode() is None and reference_volume.GetParentTransformNode() is None
+    segmentation = seg_node.GetSegmentation()
+    source = getattr(segmentation, "GetSourceRepresentationName", None) or segmentation.GetMasterRepresentationName
+    if image is not None and untransformed and source() == name:
+        grid, labelmap = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        reference_volume.GetIJKToRASMatrix(grid)
+        image.GetImageToWorldMatrix(labelmap)
+        grid, labelmap = numpy_matrix(grid), numpy_matrix(labelmap)
+        extent = image.GetExtent()
+        if any(extent[2 * a] > extent[2 * a + 1] for a in range(3)):
+            return np.zeros((0, 0, 0), np.uint8), (0, 0, 0)
+        shift = np.linalg.solve(grid, labelmap[:, 3])[:3]  # the labelmap's index 0 on the grid
+        start = np.round(shift).astype(int) + np.array(extent[::2])
+        size = reference_volume.GetImageData().GetDimensions()
+        if (np.allclose(grid[:3, :3], labelmap[:3, :3], atol=1e-6) and np.allclose(shift, np.round(shift), atol=1e-3)
+                and all(0 <= b and b + extent[2 * a + 1] - extent[2 * a] < n
+                        for a, (b, n) in enumerate(zip(start, size)))):
+            dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+            values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+            mask = (values == segment.GetLabelValue()).astype(np.uint8)
+            return mask, tuple(int(v) for v in start[::-1])
+    return segment_mask(seg_node, segment_id, reference_volume, segmentations_logic), (0, 0, 0)
 
 
 # --- boxes ----------------------------------------------------------------------------------

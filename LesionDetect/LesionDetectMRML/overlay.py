@@ -36,6 +36,7 @@ class PredictionNodes:
     classes: object | None = None
     regions: object | None = None  # labelled regions (e.g. involved vertebrae coloured by type)
     threshold: float | None = None
+    peaks: tuple | None = field(default=None, repr=False, compare=False)  # threshold_block's cache
 
     def nodes(self) -> list:
         return [n for n in (self.probability, self.segmentation, *self.boxes, self.points, self.classes, self.regions)
@@ -161,23 +162,48 @@ def set_threshold(nodes: PredictionNodes, threshold: float, segmentations_logic)
 
     Returns the number of lesion voxels.  Hand edits to the segment are replaced: this is the
     model's mask at a new threshold.  Review states stay: the new components are matched to the
-    recorded ones (review.sync_components).
+    recorded ones (review.sync_components).  Only the block of the map that reaches the
+    threshold is read, put into the segment and labelled (threshold_block), so a change costs
+    the lesions' size, not the volume's: the slider re-thresholds live in the module and the page.
     """
     if nodes.probability is None:
         raise ValueError("this result has no probability map to re-threshold")
-    probability = convert.volume_array(nodes.probability)
-    mask = (probability >= threshold).astype(np.uint8)
+    probability = convert.volume_array(nodes.probability, copy=False)
     geometry = convert.volume_geometry(nodes.probability)
     if nodes.segmentation is None:
+        mask = (probability >= threshold).astype(np.uint8)
         scene = nodes.probability.GetScene()
         nodes.segmentation = convert.add_segmentation(scene, segmentations_logic, mask, geometry, nodes.input_volume)
+        review.sync_components(nodes.segmentation, nodes.segment_id, mask, geometry, probability)
     else:
-        convert.set_segment_mask(nodes.segmentation, nodes.segment_id, mask, geometry, segmentations_logic)
-    review.sync_components(nodes.segmentation, nodes.segment_id, mask, geometry, probability)
+        block = threshold_block(nodes, probability, threshold)
+        offset = tuple(b.start for b in block)
+        mask = (probability[block] >= threshold).astype(np.uint8)
+        convert.set_segment_mask(nodes.segmentation, nodes.segment_id, mask, geometry, segmentations_logic,
+                                 offset=offset)
+        review.sync_components(nodes.segmentation, nodes.segment_id, mask, geometry, probability[block],
+                               offset=offset)
     display = nodes.probability.GetDisplayNode()
     display.SetThreshold(threshold, max(1.0, threshold))
     nodes.threshold = float(threshold)
-    return int(mask.sum())
+    return int(np.count_nonzero(mask))
+
+
+def threshold_block(nodes: PredictionNodes, probability, threshold: float) -> tuple:
+    """The (z, y, x) slices of the smallest block holding every voxel >= threshold (one voxel
+    at the corner when none is).  From the map's maximum along each axis' planes, computed once
+    per map (kept on `nodes` with the image's modification time)."""
+    image = nodes.probability.GetImageData()
+    key = (image.GetMTime(), probability.shape)
+    if nodes.peaks is None or nodes.peaks[0] != key:
+        nodes.peaks = (key, [probability.max(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)])
+    block = []
+    for peak in nodes.peaks[1]:
+        inside = np.flatnonzero(peak >= threshold)
+        block.append(slice(int(inside[0]), int(inside[-1]) + 1) if len(inside) else None)
+    if any(b is None for b in block):
+        return (slice(0, 1),) * 3
+    return tuple(block)
 
 
 def filter_boxes(box_nodes, min_score: float) -> int:

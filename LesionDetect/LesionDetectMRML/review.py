@@ -38,6 +38,7 @@ centres the views on.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # How each kind of finding's record is stored on its node (review_records.py); the constants and
@@ -62,6 +63,18 @@ from .review_records import (  # noqa: F401
 )
 
 KINDS = ("component", "box", "point", "class")
+
+
+@contextmanager
+def keep_review_states(nodes):
+    """Keep the lesion segment's review records (they live in a segment tag) across a change that
+    puts back an older copy of the whole segmentation, as the segment editor's undo and redo do:
+    the decisions made since stay, and a component that comes back matches its record again."""
+    seg_node = _in_scene(nodes.segmentation)
+    stored = _read_components(seg_node, nodes.segment_id) if seg_node is not None else None
+    yield
+    if stored is not None and seg_node.GetSegmentation().GetSegment(nodes.segment_id) is not None:
+        _write_components(seg_node, nodes.segment_id, stored)
 
 
 @dataclass
@@ -156,7 +169,7 @@ def list_findings(nodes, segmentations_logic, boxes=None, min_score: float = 0.0
                                       tuple(float(v) for v in ras_to_lps(ras)), ras, label,
                                       points.GetNthControlPointLabel(n) or record["id"],
                                       origin="model" if record.get("origin") is not None else "user"))
-    _, components = _components or _component_findings(nodes, segmentations_logic)
+    _, components = _components or _component_findings(nodes, segmentations_logic, full=False)
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     for c, record, state in components:
         rows.append(ReviewFinding(record["id"], "component", state, c.score, tuple(c.centroid_lps),
@@ -203,6 +216,12 @@ def _locate(nodes, finding_id: str, boxes=None):
             if record.get("id") == finding_id:
                 return "component", seg_node, i
     raise KeyError(f"no finding {finding_id!r} in this result")
+
+
+def box_finding(roi) -> tuple[str, bool]:
+    """(finding id, made by the model) of a box's ROI node."""
+    record = _box_record(roi)
+    return record["id"], record.get("origin") is not None
 
 
 def get_state(nodes, finding_id: str, segmentations_logic, boxes=None) -> str:

@@ -173,22 +173,32 @@ class _Component:
     radius_mm: float
 
 
-def _components(mask, geometry, probability=None):
-    """(label map, [_Component]) of a (z, y, x) mask (6-connected, as the findings table counts)."""
+def _components(mask, geometry, probability=None, offset=(0, 0, 0), full: bool = True):
+    """(label map, its offset, [_Component]) of a (z, y, x) mask (6-connected, as the findings
+    table counts).  `mask` (and `probability`) may be a block of the grid whose first voxel is
+    `offset`; seeds, centroids and hashes are always on the whole grid.  The label map covers
+    the whole grid (offset 0) with full=True, else only the block that holds the mask."""
     import numpy as np
     from scipy import ndimage
 
     inside = np.asarray(mask) > 0
+    offset = np.asarray(offset, dtype=int)
     # label only the block that holds the mask: a threshold change on a 512 x 512 x 100 CT then
     # costs the lesions' size, not the volume's (the review app redraws on every change)
     extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     if any(len(e) == 0 for e in extent):
-        return np.zeros(inside.shape, dtype=np.int32), []
+        if full:
+            return np.zeros(geometry.shape, dtype=np.int32), (0, 0, 0), []
+        return np.zeros((0, 0, 0), dtype=np.int32), (0, 0, 0), []
     block = tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
     block_labels, _ = ndimage.label(inside[block])
-    labels = np.zeros(inside.shape, dtype=block_labels.dtype)
-    labels[block] = block_labels
-    origin = np.array([s.start for s in block])
+    origin = np.array([s.start for s in block]) + offset  # of block_labels on the whole grid
+    if full:
+        labels = np.zeros(geometry.shape, dtype=block_labels.dtype)
+        labels[tuple(slice(o, o + n) for o, n in zip(origin, block_labels.shape))] = block_labels
+        labels_offset = (0, 0, 0)
+    else:
+        labels, labels_offset = block_labels, tuple(int(o) for o in origin)
     found = []
     voxel_volume = float(np.prod(geometry.spacing))
     for n, box in enumerate(ndimage.find_objects(block_labels), start=1):
@@ -198,13 +208,21 @@ def _components(mask, geometry, probability=None):
         zyx = local + np.array([s.start for s in box]) + origin
         centroid_zyx = zyx.mean(axis=0)
         seed = tuple(int(v) for v in zyx[np.argmin(((zyx - centroid_zyx) ** 2).sum(axis=1))])
-        flat = np.ravel_multi_index(zyx.T, labels.shape).astype(np.int64)
+        flat = np.ravel_multi_index(zyx.T, geometry.shape).astype(np.int64)
         digest = hashlib.sha1(np.sort(flat).tobytes()).hexdigest()[:16]
-        score = float(probability[tuple(zyx.T)].max()) if probability is not None else None
+        score = float(probability[tuple((zyx - offset).T)].max()) if probability is not None else None
         radius = (3 * len(zyx) * voxel_volume / (4 * np.pi)) ** (1 / 3)
         centroid = tuple(float(v) for v in geometry.index_to_lps(centroid_zyx[::-1]))
         found.append(_Component(n, len(zyx), centroid, seed, digest, score, radius))
-    return labels, found
+    return labels, labels_offset, found
+
+
+def _label_at(labels, offset, zyx) -> int:
+    """The label at whole-grid voxel `zyx` of a label map whose first voxel is `offset` (0 outside it)."""
+    local = [int(v) - int(o) for v, o in zip(zyx, offset)]
+    if len(local) == 3 and all(0 <= v < n for v, n in zip(local, labels.shape)):
+        return int(labels[tuple(local)])
+    return 0
 
 
 def _read_components(seg_node, segment_id) -> dict:
@@ -226,7 +244,7 @@ def _write_components(seg_node, segment_id, stored: dict) -> None:
         segment.SetTag(REVIEW_ATTRIBUTE, _encode_tag(stored))
 
 
-def _match(labels, components: list[_Component], records: list[dict], spacing) -> dict[int, int]:
+def _match(labels, components: list[_Component], records: list[dict], spacing, offset=(0, 0, 0)) -> dict[int, int]:
     """{component index: record index}: first the records whose seed voxel lies in a component
     (nearest centroid first), then for the rest the nearest unmatched record centroid within the
     component's equivalent radius plus two voxels."""
@@ -237,8 +255,8 @@ def _match(labels, components: list[_Component], records: list[dict], spacing) -
         seed = record.get("seed")
         if not (isinstance(seed, list) and len(seed) == 3):
             continue
-        if all(0 <= s < n for s, n in zip(seed, labels.shape)):
-            label = int(labels[tuple(seed)])
+        label = _label_at(labels, offset, seed)
+        if label:
             for ci, c in enumerate(components):
                 if c.label == label:
                     pairs.append((float(np.linalg.norm(np.subtract(c.centroid_lps, record["centroid_lps"]))), ci, ri))
@@ -270,20 +288,22 @@ def _component_record(c: _Component, finding_id: str, origin: str) -> dict:
             "model_hash": c.hash if origin == "model" else None, "score": c.score}
 
 
-def sync_components(seg_node, segment_id: str, mask, geometry, probability=None) -> None:
+def sync_components(seg_node, segment_id: str, mask, geometry, probability=None, offset=None) -> None:
     """The model's mask (a new result, or the result re-thresholded) is now in the segment:
     match its components to the stored records (keeping their ids and states), note what the
-    model's component now is (to tell later edits), and record new components as unreviewed."""
+    model's component now is (to tell later edits), and record new components as unreviewed.
+    With `offset` (z, y, x), `mask` and `probability` are the block of the grid starting there
+    and the segment is empty outside it (overlay.set_threshold)."""
     stored = _read_components(seg_node, segment_id)
     records = stored["components"]
-    labels, components = _components(mask, geometry, probability)
+    labels, at, components = _components(mask, geometry, probability, offset=offset or (0, 0, 0), full=False)
     model_records = [r for r in records if r.get("origin") == "model"]
-    matched = _match(labels, components, model_records, geometry.spacing)
+    matched = _match(labels, components, model_records, geometry.spacing, at)
     for ci, c in enumerate(components):
         if ci in matched:
             record = model_records[matched[ci]]
             record.update(model_hash=c.hash, voxels=c.voxels, score=c.score)
-            if not (0 <= record["seed"][0] < labels.shape[0] and labels[tuple(record["seed"])] == c.label):
+            if _label_at(labels, at, record["seed"]) != c.label:
                 record.update(seed=list(c.seed), centroid_lps=list(c.centroid_lps))
         else:
             records.append(_component_record(c, f"component-{stored['next']}", "model"))
@@ -291,24 +311,30 @@ def sync_components(seg_node, segment_id: str, mask, geometry, probability=None)
     _write_components(seg_node, segment_id, stored)
 
 
-def _component_findings(nodes, segmentations_logic) -> tuple:
+def _component_findings(nodes, segmentations_logic, full: bool = True) -> tuple:
     """(label map, [(component, record, state)]) of the segment as it is now; new components (painted
-    by the annotator) are recorded as added."""
+    by the annotator) are recorded as added.  The label map covers the whole grid (full=True,
+    for the export) or is None (full=False: the findings list reads only the segment's block)."""
     from . import convert
 
     seg_node, volume = _in_scene(nodes.segmentation), nodes.input_volume
     if seg_node is None or seg_node.GetSegmentation().GetSegment(nodes.segment_id) is None:
         return None, []
     geometry = convert.volume_geometry(volume)
-    mask = convert.segment_mask(seg_node, nodes.segment_id, volume, segmentations_logic)
+    if full:
+        mask, offset = convert.segment_mask(seg_node, nodes.segment_id, volume, segmentations_logic), (0, 0, 0)
+    else:
+        mask, offset = convert.segment_mask_block(seg_node, nodes.segment_id, volume, segmentations_logic)
+    block = tuple(slice(o, o + n) for o, n in zip(offset, mask.shape))
     probability_node = _in_scene(getattr(nodes, "probability", None))
-    probability = convert.volume_array(probability_node) if probability_node is not None else None
-    if probability is not None and probability.shape != mask.shape:
+    probability = convert.volume_array(probability_node, copy=False) if probability_node is not None else None
+    if probability is not None and probability.shape != geometry.shape:
         probability = None
-    labels, components = _components(mask, geometry, probability)
+    labels, at, components = _components(mask, geometry, None if probability is None else probability[block],
+                                         offset=offset, full=full)
     stored = _read_components(seg_node, nodes.segment_id)
     records = stored["components"]
-    matched = _match(labels, components, records, geometry.spacing)
+    matched = _match(labels, components, records, geometry.spacing, at)
     changed = False
     rows = []
     for ci, c in enumerate(components):
@@ -329,4 +355,4 @@ def _component_findings(nodes, segmentations_logic) -> tuple:
         rows.append((c, record, state))
     if changed:
         _write_components(seg_node, nodes.segment_id, stored)
-    return labels, rows
+    return (labels if full else None), rows

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from .security import check_bind, token_matches
+from .session import EFFECTS, OPERATIONS
 
 LAYOUT = "Quad View"  # axial, coronal, sagittal and the 3-D view
 TOKEN_COOKIE = "lesiondetect_token"
@@ -52,6 +53,22 @@ def _poll_scheduler(interval_s: float = 0.1):
     return schedule
 
 
+def draw_slice_views_flat(views) -> None:
+    """Draw the slice views without multisampling and depth peeling: they show 2-D images and
+    flat overlays.  trame-slicer asks every view for 8x MSAA and the markups handles' layer
+    peels depth; on a server's software OpenGL (llvmpipe) that made one 600-px slice view cost
+    110-160 ms to draw instead of 30-60 ms (Testing/benchmarks/review_web_render.py), and the
+    page redraws three of them for each threshold change.  The 3-D view keeps both."""
+    from trame_slicer.views import SliceView
+
+    for view in views:
+        if isinstance(view, SliceView):
+            window = view.render_window()
+            window.SetMultiSamples(0)
+            for renderer in window.GetRenderers():
+                renderer.SetUseDepthPeeling(False)
+
+
 class ReviewApp:
     """The trame application: a SlicerApp scene, remote-rendered slice and 3-D views, the panel."""
 
@@ -74,6 +91,7 @@ class ReviewApp:
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
+        draw_slice_views_flat(self.slicer_app.view_manager.get_views())
         self.session = ReviewSession(root=Path(root), scene=self.slicer_app.scene,
                                      segmentations_logic=self.slicer_app.segmentations_logic,
                                      app_logic=self.slicer_app.app_logic, model=model, method=method,
@@ -115,6 +133,9 @@ class ReviewApp:
         s.review_progress = ""
         s.effect = "None"
         s.brush_mm = 5.0
+        s.operations = list(OPERATIONS)
+        s.operation, s.operation_value, s.operation_upper = "keep largest island", "", ""
+        s.can_undo = s.can_redo = False
         s.box_x, s.box_y, s.box_z = 10.0, 10.0, 10.0  # mm
         s.exported = ""
         s.requests = 0
@@ -124,15 +145,17 @@ class ReviewApp:
         result = session.logic.result
         s.has_result = result is not None
         s.has_probability = result is not None and result.probability is not None
-        s.findings = session.findings()
+        found = session.logic.reviewFindings() if result is not None else []  # listed once for both
+        s.findings = session.findings(found)
         s.classes = session.classes()
-        s.review_progress = session.progress_text()
+        s.review_progress = session.progress_text(found)
+        s.can_undo, s.can_redo = session.can_undo(), session.can_redo()
         s.case_id = session.case_id or ""
         d = session.detect
         s.detecting, s.detect_fraction, s.detect_text = d.running, round(100 * d.fraction), d.text
         s.requests += 1
 
-    def _guard(self, what, function, *args):
+    def _guard(self, what, function, *args, slice_views_only=False):
         """Run one request from the page: its error (any exception) becomes the page's message."""
         self.state.error = ""
         try:
@@ -142,12 +165,17 @@ class ReviewApp:
             self.state.error = f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
             out = None
         self._refresh()
-        self._render()
+        self._render(slice_views_only)
         return out
 
-    def _render(self):
+    def _render(self, slice_views_only=False):
+        """Ask the views for a new frame (the 3-D view too unless slice_views_only: a display change
+        redraws what it shows there through its displayable managers' own render requests)."""
+        from trame_slicer.views import SliceView
+
         for view in self.slicer_app.view_manager.get_views():
-            view.schedule_render()
+            if not slice_views_only or isinstance(view, SliceView):
+                view.schedule_render()
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -217,7 +245,7 @@ class ReviewApp:
         if self.session.logic.result is None:
             return
         t0 = time.perf_counter()
-        self._guard("Display", self.session.set_display, threshold, min_score, opacity)
+        self._guard("Display", self.session.set_display, threshold, min_score, opacity, slice_views_only=True)
         self.timings["display_s"] = time.perf_counter() - t0
         result = self.session.logic.result
         self.state.applied_threshold = result.threshold if result is not None else None  # what the segment shows
@@ -234,6 +262,19 @@ class ReviewApp:
             self.state.effect = name or "None"
             self.state.message = f"{name}: drag in a slice view." if name not in ("None", "", None) else ""
         self._guard("Segment editor", run)
+
+    def apply_effect(self, operation=None, value=None, upper=None):
+        def run():
+            self.session.apply_effect(operation, None if value in ("", None) else float(value),
+                                      None if upper in ("", None) else float(upper))
+            self.state.message = f"{operation}: applied (Undo reverts it)."
+        self._guard("Segment editor", run)
+
+    def undo(self):
+        self._guard("Undo", self.session.undo)
+
+    def redo(self):
+        self._guard("Redo", self.session.redo)
 
     def add_box(self, *size_mm):
         """A box of the sizes the page sends with the click (its fields' values at that moment)."""
@@ -346,13 +387,28 @@ class ReviewApp:
                         html.Td("{{ c.label }}")
                         html.Td("{{ c.probability }}")
                 v.VListSubheader("Edit")
-                with html.Div(classes="d-flex ga-1 px-2 align-center"):
-                    for name in ("Paint", "Erase", "None"):
-                        v.VBtn(name, id=f"effect-{name.lower()}", size="small",
+                with html.Div(classes="d-flex flex-wrap ga-1 px-2 align-center"):
+                    for name in (*EFFECTS, "None"):  # trame-slicer's effects (drag or click in a slice view)
+                        v.VBtn(name, id=f"effect-{name.lower().replace(' ', '-')}", size="small",
                                click=(self.set_effect, f"['{name}', brush_mm]"), disabled=("!has_result",),
                                color=(f"effect === '{name}' ? 'primary' : ''",))
                     v.VTextField(v_model=("brush_mm",), label="brush mm", type="number", density="compact",
                                  hide_details=True, style="max-width: 90px", id="brush-mm")
+                with html.Div(classes="d-flex ga-1 px-2 mt-2 align-center"):
+                    # whole-segment operations of the effects: value = min voxels, kernel mm, sigma mm
+                    # or the lower intensity; upper = the threshold's upper intensity
+                    v.VSelect(v_model=("operation",), items=("operations",), label="operation", density="compact",
+                              hide_details=True, id="operation")
+                    v.VTextField(v_model=("operation_value",), label="value", type="number", density="compact",
+                                 hide_details=True, style="max-width: 70px", id="operation-value")
+                    v.VTextField(v_model=("operation_upper",), label="upper", type="number", density="compact",
+                                 hide_details=True, style="max-width: 70px", id="operation-upper",
+                                 v_show="operation === 'threshold'")
+                    v.VBtn("Apply", id="apply-effect", size="small", disabled=("!has_result",),
+                           click=(self.apply_effect, "[operation, operation_value, operation_upper]"))
+                with html.Div(classes="d-flex ga-1 px-2 mt-2"):
+                    v.VBtn("Undo", id="undo", size="small", click=self.undo, disabled=("!can_undo",))
+                    v.VBtn("Redo", id="redo", size="small", click=self.redo, disabled=("!can_redo",))
                 with html.Div(classes="d-flex ga-1 px-2 mt-2 align-center"):
                     for axis in "xyz":
                         v.VTextField(v_model=(f"box_{axis}",), label=f"{axis} mm", type="number",
@@ -370,7 +426,8 @@ class ReviewApp:
         ctrl = self.server.controller
         self.state.triggers = {name: ctrl.trigger_name(getattr(self, name))
                                for name in ("open_case", "next_case", "detect", "cancel", "review", "select_finding",
-                                            "set_effect", "add_box", "add_point", "place_box", "export")}
+                                            "set_effect", "apply_effect", "undo", "redo", "add_box", "add_point",
+                                            "place_box", "export")}
 
 
 def serve(root, *, model=None, method=None, port: int = 0, host: str | None = None, runner=None, python=None,

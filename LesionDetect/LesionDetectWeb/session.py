@@ -12,10 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import cases
 from .security import resolve_inside
 
 DEFAULT_BOX_MM = (10.0, 10.0, 10.0)
+UNDO_STEPS = 10
+# the page's effect names -> trame-slicer's effect classes (trame_slicer.segmentation)
+EFFECTS = {"Paint": "SegmentationEffectPaint", "Erase": "SegmentationEffectErase", "Draw": "SegmentationEffectDraw",
+           "Scissors": "SegmentationEffectScissors", "Smoothing": "SegmentationEffectSmoothing",
+           "Islands": "SegmentationEffectIslands", "Threshold": "SegmentationEffectThreshold",
+           "Logical operators": "SegmentationEffectLogicalOperators"}
+# whole-segment operations (apply_effect): the effect, the default of its number
+OPERATIONS = {"keep largest island": ("Islands", 0), "remove small islands": ("Islands", 10),
+              "median": ("Smoothing", 3.0), "opening": ("Smoothing", 3.0), "closing": ("Smoothing", 3.0),
+              "gaussian": ("Smoothing", 1.0), "threshold": ("Threshold", 0.0),
+              "invert": ("Logical operators", 0), "clear": ("Logical operators", 0)}
 
 
 @dataclass
@@ -57,6 +70,10 @@ class ReviewSession:
         self.threshold = None
         self.min_score = 0.0
         self.opacity = 0.5
+        if self.segmentation_editor is not None and self.segmentation_editor.undo_stack is None:
+            from undo_stack import UndoStack
+
+            self.segmentation_editor.set_undo_stack(UndoStack(undo_limit=UNDO_STEPS))
 
     # --- cases ----------------------------------------------------------------------------
 
@@ -75,6 +92,8 @@ class ReviewSession:
         self.volume = convert.add_image_volume(self.scene, image, case_id)
         overlay.show_background(self.scene, self.volume)
         self.logic.forgetResult()
+        if self.undo_stack is not None:
+            self.undo_stack.clear()  # the edits were on the previous case's segment
         self.case_id = case_id
         self.shown.add(case_id)
         self.detect = DetectState()
@@ -192,10 +211,25 @@ class ReviewSession:
     def _attach_editor(self):
         """Hand the result's segmentation to trame-slicer's segment editor (lesion segment active)."""
         result = self.logic.result
-        if self.segmentation_editor is None or result is None or result.segmentation is None:
+        if self.segmentation_editor is not None and result is not None and result.segmentation is not None:
+            self.segmentation_editor.set_active_segmentation(result.segmentation, result.input_volume)
+            self.segmentation_editor.set_active_segment_id(result.segment_id)
+        self.box_handles_on_current()
+
+    def box_handles_on_current(self) -> None:
+        """Show the boxes' interaction (resize) handles on the box under review and on the boxes
+        the user added, not on every model box: less clutter, and on a server's software OpenGL
+        the handles were about 40 % of a slice view's draw (Testing/benchmarks/review_web_render.py)."""
+        from LesionDetectMRML.review import box_finding
+
+        if self.logic.result is None:
             return
-        self.segmentation_editor.set_active_segmentation(result.segmentation, result.input_volume)
-        self.segmentation_editor.set_active_segment_id(result.segment_id)
+        current = self.logic.currentFindingId
+        for roi in self.logic.currentBoxes():
+            display = roi.GetDisplayNode()
+            if display is not None:
+                finding_id, by_model = box_finding(roi)
+                display.SetHandlesInteractive(finding_id == current or not by_model)
 
     # --- display and review -----------------------------------------------------------------
 
@@ -209,11 +243,15 @@ class ReviewSession:
         if self.logic.result is None:
             return
         threshold = self.threshold if self.threshold is not None else self.logic.result.threshold
+        rethreshold = threshold != self.logic.result.threshold
         self.logic.updateDisplay(threshold, self.min_score, self.opacity)
+        if rethreshold and self.undo_stack is not None:
+            self.undo_stack.clear()  # the model's mask at the new threshold replaced the edits
 
-    def findings(self) -> list[dict]:
+    def findings(self, found=None) -> list[dict]:
+        """The findings table's rows (of `found`, the adapter's ReviewFindings, when given)."""
         rows = []
-        for f in self.logic.reviewFindings():
+        for f in self.logic.reviewFindings() if found is None else found:
             rows.append({"id": f.id, "kind": f.kind, "state": f.state, "name": f.name, "detail": f.detail,
                          "score": None if f.score is None else round(float(f.score), 3),
                          "current": f.id == self.logic.currentFindingId})
@@ -240,6 +278,7 @@ class ReviewSession:
         if found is None:
             raise KeyError(f"no finding {finding_id!r}")
         self.logic.selectFinding(finding_id)
+        self.box_handles_on_current()
         self.logic.centreOn(found)
 
     def review(self, action: str):
@@ -251,37 +290,114 @@ class ReviewSession:
         if self.logic.result is None:
             raise RuntimeError("Run a detection first.")
         finding = actions[action]()
+        self.box_handles_on_current()
         if finding is not None:
             self.logic.centreOn(finding)
         return finding
 
-    def progress_text(self) -> str:
-        return self.logic.reviewProgress() if self.logic.result is not None else ""
+    def progress_text(self, found=None) -> str:
+        return self.logic.reviewProgress(found) if self.logic.result is not None else ""
 
     # --- editing ----------------------------------------------------------------------------
 
     def set_effect(self, name: str, brush_mm: float | None = None):
-        """Activate a segment editor effect of trame-slicer ("Paint", "Erase", or "" for none)."""
-        if self.segmentation_editor is None:
-            raise RuntimeError("No segment editor in this session.")
-        if self.logic.result is None or self.logic.result.segmentation is None:
-            raise RuntimeError("Run a detection first: the editor works on its lesion segment.")
-        from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectPaint
-
-        effects = {"Paint": SegmentationEffectPaint, "Erase": SegmentationEffectErase}
+        """Activate one of trame-slicer's segment editor effects on the lesion segment (EFFECTS:
+        "Paint", "Erase", "Draw", "Scissors", "Smoothing" brush, "Islands", "Threshold", "Logical
+        operators"; "" or "None" for none).  `brush_mm` sets the brush effects' diameter."""
         if name in ("", None, "None"):
-            self.segmentation_editor.deactivate_effect()
+            if self.segmentation_editor is not None:
+                self.segmentation_editor.deactivate_effect()
             return None
-        if name not in effects:
-            raise ValueError(f"unknown effect {name!r}; the page offers {', '.join(effects)}")
-        if self.segmentation_editor.active_segmentation_node is None:
-            self._attach_editor()
-        effect = self.segmentation_editor.set_active_effect_type(effects[name])
-        if brush_mm is not None:
+        if not isinstance(name, str) or name not in EFFECTS:
+            raise ValueError(f"unknown effect {name!r}; the page offers {', '.join(EFFECTS)}")
+        effect = self._editor_effect(EFFECTS[name])
+        if brush_mm is not None and hasattr(effect, "set_brush_diameter"):
             from trame_slicer.segmentation import BrushDiameterMode
 
             effect.set_brush_diameter(float(brush_mm), BrushDiameterMode.Absolute)
         return effect
+
+    def _editor_effect(self, effect_name: str):
+        """The active effect of trame-slicer's type `effect_name`, on the result's lesion segment."""
+        if self.segmentation_editor is None:
+            raise RuntimeError("No segment editor in this session.")
+        if self.logic.result is None or self.logic.result.segmentation is None:
+            raise RuntimeError("Run a detection first: the editor works on its lesion segment.")
+        import trame_slicer.segmentation as effects
+
+        if self.segmentation_editor.active_segmentation_node is None:
+            self._attach_editor()
+        return self.segmentation_editor.set_active_effect_type(getattr(effects, effect_name))
+
+    def apply_effect(self, operation: str, value=None, upper=None):
+        """Apply one whole-segment operation of trame-slicer's effects to the lesion segment (one
+        undo step; the review states follow: a changed model component reads as edited).
+
+        "keep largest island", "remove small islands" (value: minimum voxels, default 10),
+        "median", "opening", "closing" (value: kernel mm, default 3), "gaussian" (value: sigma mm,
+        default 1), "threshold" (adds the input's voxels with value <= intensity <= upper),
+        "invert", "clear" (logical operators on the segment)."""
+        if not isinstance(operation, str) or operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; the page offers {', '.join(OPERATIONS)}")
+        effect_name, default = OPERATIONS[operation]
+        effect = self._editor_effect(EFFECTS[effect_name])
+        number = float(default if value in (None, "") else value)
+        if not (number == number and abs(number) < 1e6):
+            raise ValueError(f"{operation}: {value!r} is not a usable number")
+        segment_id = self.logic.result.segment_id
+        if operation == "keep largest island":
+            # trame-slicer 2.0.0's keep_largest_island left the segment as it was on the (oblique)
+            # test volume; its remove_small_islands works: keep the islands as large as the largest
+            from vtk.util.numpy_support import vtk_to_numpy
+
+            islands = vtk_to_numpy(effect.get_island_labelmap().GetPointData().GetScalars())
+            sizes = np.bincount(islands.astype(np.int64).ravel())[1:]
+            if sizes.any():
+                effect.remove_small_islands(int(sizes.max()))
+        elif operation == "remove small islands":
+            effect.remove_small_islands(max(1, int(number)))
+        elif operation in ("median", "opening", "closing", "gaussian"):
+            if number <= 0:
+                raise ValueError(f"{operation}: the size must be > 0 mm")
+            apply = {"median": effect.apply_median_smoothing, "opening": effect.apply_opening,
+                     "closing": effect.apply_closing, "gaussian": effect.apply_gaussian_smoothing}[operation]
+            apply(number, segment_id)
+        elif operation == "threshold":
+            if upper is None or float(upper) < number:
+                raise ValueError("threshold: give the lower and the upper intensity (lower <= upper)")
+            effect.set_threshold_min_max_values((number, float(upper)))
+            effect.apply()
+        else:
+            getattr(effect, operation)()
+        return effect
+
+    @property
+    def undo_stack(self):
+        return self.segmentation_editor.undo_stack if self.segmentation_editor is not None else None
+
+    def can_undo(self) -> bool:
+        return self.logic.result is not None and self.undo_stack is not None and self.undo_stack.can_undo()
+
+    def can_redo(self) -> bool:
+        return self.logic.result is not None and self.undo_stack is not None and self.undo_stack.can_redo()
+
+    def undo(self) -> None:
+        """Undo the last segment edit (paint, erase, draw, scissors, an effect operation); the
+        review decisions made since stay (review.keep_review_states)."""
+        from LesionDetectMRML.review import keep_review_states
+
+        if not self.can_undo():
+            raise RuntimeError("Nothing to undo.")
+        with keep_review_states(self.logic.result):
+            self.undo_stack.undo()
+
+    def redo(self) -> None:
+        from LesionDetectMRML.review import keep_review_states
+
+        if not self.can_redo():
+            raise RuntimeError("Nothing to redo.")
+        with keep_review_states(self.logic.result):
+            self.undo_stack.redo()
 
     def view_centre_ras(self, view: str = "Red") -> tuple[float, float, float]:
         node = self.scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
