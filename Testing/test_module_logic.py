@@ -383,6 +383,14 @@ def test_boxes_and_points_added_at_a_position_are_exported_as_added(mrml, study,
         logic.addBox(center, (0, 5, 5))
     roi = logic.addBox(center, (14.0, 9.0, 6.0))
     assert roi.GetSize() == pytest.approx((14.0, 9.0, 6.0)) and logic.currentBoxes()[-1] is roi
+    # on the oblique study the box's edges follow the volume's voxel axes (not R, A, S), centred as asked
+    from LesionDetectMRML import convert
+
+    rotation = convert.numpy_matrix(roi.GetObjectToNodeMatrix())
+    volume_axes = convert.roi_axes_ras(convert.volume_geometry(result.input_volume).direction)
+    np.testing.assert_allclose(np.abs(rotation[:3, :3].T @ volume_axes), np.eye(3), atol=1e-9)
+    assert not np.allclose(np.abs(volume_axes), np.eye(3), atol=1e-3)  # the study is oblique
+    np.testing.assert_allclose(rotation[:3, 3], center, atol=1e-6)
     points = logic.addPoint(center)
     assert points is result.points and points.GetNumberOfControlPoints() == len(study.prediction.points) + 1
     exported = logic.exportResult(tmp_path / "data", "added")

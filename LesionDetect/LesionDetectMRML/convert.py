@@ -252,15 +252,20 @@ def format_score(score: float) -> str:
     return f"{score:.2f}"
 
 
+def roi_axes_ras(axes_lps) -> np.ndarray:
+    """A box's edge directions (LPS columns) as an ROI's rotation in RAS: a box is symmetric, so
+    its axes are signed as Slicer's ROIs are (a rotation, identity when axis-aligned), the same
+    rule the markups writer uses for files."""
+    return _lps_columns_to_ras(markups.roi_orientation_lps(axes_lps))
+
+
 def add_box(scene, box: LesionBox, name: str | None = None):
     """One ROI node (type Box) for a LesionBox, named with its score, score as a measurement."""
     import slicer  # the measurement class lives in the MRML library
 
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name or f"{box.label} {format_score(box.score)}")
     roi.SetROIType(roi.ROITypeBox)
-    # a box is symmetric: its axes are signed as Slicer's ROIs are (a rotation, identity when
-    # axis-aligned), the same rule the markups writer uses for files
-    axes = _lps_columns_to_ras(markups.roi_orientation_lps(box.axes))
+    axes = roi_axes_ras(box.axes)
     object_to_node = np.eye(4)
     object_to_node[:3, :3] = axes
     object_to_node[:3, 3] = lps_to_ras(box.center)

@@ -119,19 +119,28 @@ class ReviewMixin:
         return self.result.points
 
     def addBox(self, centerRas, sizeMm):
-        """A lesion box with edge lengths `sizeMm` (along R, A, S) centred on `centerRas`, as if
-        drawn (exported with score 1): for front ends that place boxes by typed sizes rather than
-        by clicks in a view (the web page's "Add box")."""
+        """A lesion box with edge lengths `sizeMm` centred on `centerRas`, as if drawn (exported
+        with score 1): for front ends that place boxes by typed sizes rather than by clicks in a
+        view (the web page's "Add box").  Its edges run along the shown volume's voxel axes (as
+        the slice views show it, so the box is not tilted on an oblique scan); along R, A, S when
+        no result is shown."""
+        import numpy as np
+
         from . import convert
 
         center, size = [float(c) for c in centerRas], [float(s) for s in sizeMm]
         if len(center) != 3 or len(size) != 3 or not all(0 < s < 1e4 for s in size):
             raise ValueError("a box is a centre (R, A, S) and three edge lengths in mm, each > 0")
+        volume = self.result.input_volume if self.result is not None else None
+        object_to_node = np.eye(4)
+        if volume is not None and volume.GetScene() is not None:
+            object_to_node[:3, :3] = convert.roi_axes_ras(convert.volume_geometry(volume).direction)
+        object_to_node[:3, 3] = center
         roi = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "drawn lesion")
         roi.SetAttribute(convert.ROLE_ATTRIBUTE, "box")
         roi.SetROIType(roi.ROITypeBox)
-        roi.SetSize(*size)
-        roi.SetCenter(*center)
+        roi.SetSize(*size)  # size first: SetSize moves the centre, the matrix does not
+        roi.SetAndObserveObjectToNodeMatrix(convert.vtk_matrix(object_to_node))
         roi.CreateDefaultDisplayNodes()
         roi.GetDisplayNode().SetFillVisibility(False)
         self.userBoxes.append(roi)
