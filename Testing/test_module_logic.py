@@ -204,7 +204,7 @@ def test_scheduler_polls_a_run_and_is_stopped_when_it_ends(mrml, study, tmp_path
     logic = _logic(mrml, tmp_path, FakeRunner(prediction=study.prediction), poll_scheduler=scheduler)
     finished = []
     logic.startInference(_volume(mrml, study), method="liver-frcnn", onFinished=lambda r, e: finished.append(e))
-    assert scheduler.poll == logic.poll and scheduler.stops == 0
+    assert scheduler.poll == logic.runs.poll and scheduler.stops == 0
     while scheduler.poll():
         pass
     assert finished == [None] and scheduler.stops == 1 and logic.result is not None

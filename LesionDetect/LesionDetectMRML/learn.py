@@ -31,7 +31,6 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,19 +87,6 @@ class FineTuneResult:
 
 
 @dataclass
-class _Task:
-    kind: str
-    child: object
-    work_dir: Path
-    finish: Callable[[object], object]  # the child succeeded: read its result
-    undo: Callable[[], str | None]  # it was cancelled or failed: put back what it changed; a note
-    on_progress: Callable[[float, str], None] | None
-    on_finished: Callable[[object, str | None], None] | None
-    blocking: bool
-    what: str
-
-
-@dataclass
 class _RankingCache:
     dataset: str
     model_dir: str
@@ -118,11 +104,8 @@ class LearningLogic:
         self.python = python
         self.library_parent = Path(library_parent)
         self.temp_dir = temp_dir
-        self.poll_scheduler = poll_scheduler
+        self.runs = process.ChildRuns(runner, self.library_parent, poll_scheduler)
         self.offeredVersion: ModelVersion | None = None  # a fine-tuned version waiting for the user's yes
-        self.lastRunCancelled = False
-        self._task: _Task | None = None
-        self._stop_polling = None
         self._ranking: _RankingCache | None = None
 
     # --- versions ---------------------------------------------------------------------------
@@ -155,90 +138,28 @@ class LearningLogic:
     # --- running ----------------------------------------------------------------------------
 
     def isRunning(self) -> bool:
-        return self._task is not None
+        return self.runs.isRunning()
+
+    @property
+    def lastRunCancelled(self) -> bool:
+        return self.runs.lastRunCancelled
 
     def runningTask(self) -> str | None:
         """FINE_TUNE or RANK while one runs, else None."""
-        return self._task.kind if self._task is not None else None
+        return self.runs.task.kind if self.runs.task is not None else None
 
-    def _start(self, task_args: dict, args: list[str], work_dir: Path, waitForCompletion: bool):
-        try:
-            child = self.runner(args, env=process.library_env(self.library_parent))
-        except Exception:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
-        self.lastRunCancelled = False
-        self._task = _Task(child=child, work_dir=work_dir, blocking=waitForCompletion, **task_args)
-        task = self._task
-        if not waitForCompletion:
-            if self.poll_scheduler is not None:
-                self._stop_polling = self.poll_scheduler(self.poll)
-            return None
-        try:
-            code = child.wait(on_progress=lambda p: task.on_progress and task.on_progress(p.fraction, p.text))
-        except BaseException:  # e.g. a progress callback raised: nothing may keep running
-            child.cancel()
-            self._finish(child.wait())
-            raise
-        result, error = self._finish(code)
-        if error is not None:
-            raise RuntimeError(error)
-        return result
+    def _start(self, kind: str, what: str, args: list[str], work_dir: Path, waitForCompletion: bool, **task):
+        return self.runs.start(args, work_dir, kind=kind, blocking=waitForCompletion,
+                               failed=lambda tail, code: failure_text(what, tail, code),
+                               broken=lambda exc: f"{what} failed: {exc}", **task)
 
     def poll(self) -> bool:
         """Pass new progress on; finish once the child has ended.  True while it runs."""
-        task = self._task
-        if task is None:
-            return False
-        reports, code = task.child.poll()
-        for report in reports:
-            if task.on_progress and self._task is task:
-                task.on_progress(report.fraction, report.text)
-        if self._task is not task:  # a progress callback cancelled it
-            return False
-        if code is None:
-            return True
-        self._finish(code)
-        return False
+        return self.runs.poll()
 
     def cancel(self) -> None:
         """Stop the running fine-tune or ranking and every process it started."""
-        task = self._task
-        if task is None:
-            return
-        task.child.cancel()
-        if not task.blocking:  # a blocking run finishes in _start's wait()
-            self._finish(task.child.wait())
-
-    def _finish(self, code: int):
-        task = self._task
-        self._task = None
-        if self._stop_polling is not None:
-            self._stop_polling()
-            self._stop_polling = None
-        child = task.child
-        result, error = None, None
-        try:
-            if child.cancelled:
-                self.lastRunCancelled = True
-                error = "Cancelled."
-            elif code != 0:
-                error = failure_text(task.what, child.output_tail(), code)
-            else:
-                result = task.finish(child)
-        except Exception as exc:  # a result that cannot be read counts as a failure
-            logging.exception("LesionDetect: reading the %s result failed", task.kind)
-            error = f"{task.what} failed: {exc}"
-        try:
-            if error is not None:
-                note = task.undo()
-                if note:
-                    error = f"{error} {note}"
-        finally:
-            shutil.rmtree(task.work_dir, ignore_errors=True)
-        if task.on_finished:
-            task.on_finished(result, error)
-        return result, error
+        self.runs.cancel()
 
     def _work_dir(self, kind: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"LesionDetect-{kind}-", dir=self.temp_dir))
@@ -299,8 +220,8 @@ class LearningLogic:
         def undo() -> str | None:
             return self._remove_registered(method, parent, before)
 
-        return self._start(dict(kind=FINE_TUNE, finish=finish, undo=undo, on_progress=onProgress,
-                                on_finished=onFinished, what="Fine-tuning"), args, work_dir, waitForCompletion)
+        return self._start(FINE_TUNE, "Fine-tuning", args, work_dir, waitForCompletion, finish=finish, undo=undo,
+                           on_progress=onProgress, on_finished=onFinished)
 
     @staticmethod
     def _registered_by(method: str, parent: ModelVersion, before: set, tail: str) -> ModelVersion | None:
@@ -384,8 +305,8 @@ class LearningLogic:
             self._ranking = _RankingCache(str(folder), str(model), ranking, shown)
             return ranking
 
-        return self._start(dict(kind=RANK, finish=finish, undo=lambda: None, on_progress=onProgress,
-                                on_finished=onFinished, what="Ranking the cases"), args, work_dir, waitForCompletion)
+        return self._start(RANK, "Ranking the cases", args, work_dir, waitForCompletion, finish=finish,
+                           on_progress=onProgress, on_finished=onFinished)
 
     def pickNextCase(self, ranking: dict, dataset) -> RankedCase | None:
         """The top-ranked case still unreviewed and not shown yet this session."""

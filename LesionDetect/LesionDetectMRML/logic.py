@@ -18,13 +18,11 @@ LesionDetect.py imports this before LesionDetectLib's dependencies are installed
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -116,16 +114,6 @@ def _in_scene(node):
     return node if node is not None and node.GetScene() is not None else None
 
 
-@dataclass
-class _Job:
-    work_dir: Path
-    input_volume: object
-    opacity: float
-    on_progress: Callable[[float, str], None] | None
-    on_finished: Callable[[object, str | None], None] | None
-    blocking: bool
-
-
 class DetectionLogic(ReviewMixin, LearnMixin):
     """Runs the detector and manages its result in a scene; works without Qt and without the GUI.
 
@@ -153,13 +141,10 @@ class DetectionLogic(ReviewMixin, LearnMixin):
         self.library_parent = Path(library_parent) if library_parent is not None else default_library_parent()
         self.temp_dir = temp_dir
         self.poll_scheduler = poll_scheduler
+        self.runs = process.ChildRuns(self.runner, self.library_parent, poll_scheduler)
         self.result = None  # overlay.PredictionNodes of the last run
         self.prediction = None  # the model's own output, for the export's "corrected" flag
         self.userBoxes = []  # ROIs the user drew after the run
-        self.lastRunCancelled = False
-        self._child: RunningProcess | None = None
-        self._job: _Job | None = None
-        self._stop_polling: Callable[[], None] | None = None
         self._display = None  # (threshold, minimum score, opacity) last applied
         self.settings = settings if settings is not None else DictSettings()
         self.currentFindingId = None  # the finding the review is on
@@ -186,7 +171,11 @@ class DetectionLogic(ReviewMixin, LearnMixin):
     # --- running the detector -----------------------------------------------------------
 
     def isRunning(self) -> bool:
-        return self._child is not None
+        return self.runs.isRunning()
+
+    @property
+    def lastRunCancelled(self) -> bool:
+        return self.runs.lastRunCancelled
 
     def inferenceCommand(self, inputPath, outDir, method=None, model=None, threshold=None, device="auto") -> list:
         model = model if self.isSet(model) else None
@@ -217,79 +206,27 @@ class DetectionLogic(ReviewMixin, LearnMixin):
             input_path = write_image(convert.volume_to_image(inputVolume), work_dir / "input.nrrd")
             args = self.inferenceCommand(input_path, work_dir / "prediction", method=method, model=model,
                                          threshold=threshold, device=device)
-            child = self.runner(args, env=process.library_env(self.library_parent))
         except Exception:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
-        self._child, self.lastRunCancelled = child, False
-        self._job = _Job(work_dir, inputVolume, opacity, onProgress, onFinished, blocking=waitForCompletion)
-        if not waitForCompletion:
-            if self.poll_scheduler is not None:
-                self._stop_polling = self.poll_scheduler(self.poll)
-            return None
-        try:
-            code = child.wait(on_progress=lambda p: onProgress and onProgress(p.fraction, p.text))
-        except BaseException:  # e.g. a progress callback raised: nothing may keep running
-            child.cancel()
-            self._finish(child.wait())
-            raise
-        result, error = self._finish(code)
-        if error is not None:
-            raise RuntimeError(error)
-        return result
+
+        def show(child):
+            from LesionDetectLib.prediction import read_prediction
+
+            return self.showPrediction(inputVolume, read_prediction(work_dir / "prediction"), opacity=opacity)
+
+        return self.runs.start(args, work_dir, kind="detection", finish=show, blocking=waitForCompletion,
+                               on_progress=onProgress, on_finished=onFinished,
+                               failed=lambda tail, code: tail or f"The detector stopped with exit code {code}.")
 
     def poll(self) -> bool:
         """Pass new progress on; finish (show the result or report the error) once the child
         has ended.  True while it runs."""
-        child = self._child
-        if child is None:
-            return False
-        reports, code = child.poll()
-        for report in reports:
-            if self._job.on_progress and self._child is child:
-                self._job.on_progress(report.fraction, report.text)
-        if self._child is not child:  # a progress callback cancelled the run
-            return False
-        if code is None:
-            return True
-        self._finish(code)
-        return False
+        return self.runs.poll()
 
     def cancel(self) -> None:
         """Stop the running detection and every process it started; the scene stays as it was."""
-        child = self._child
-        if child is None:
-            return
-        child.cancel()
-        if not self._job.blocking:  # a blocking run finishes in startInference's wait()
-            self._finish(child.wait())
-
-    def _finish(self, code: int):
-        from LesionDetectLib.prediction import read_prediction
-
-        child, job = self._child, self._job
-        self._child, self._job = None, None
-        if self._stop_polling is not None:
-            self._stop_polling()
-            self._stop_polling = None
-        result, error = None, None
-        try:
-            if child.cancelled:
-                self.lastRunCancelled = True
-                error = "Cancelled."
-            elif code != 0:
-                error = child.output_tail() or f"The detector stopped with exit code {code}."
-            else:
-                prediction = read_prediction(job.work_dir / "prediction")
-                result = self.showPrediction(job.input_volume, prediction, opacity=job.opacity)
-        except Exception as exc:  # a result that cannot be read or shown is reported like a failed run
-            logging.exception("LesionDetect: reading the result failed")
-            error = str(exc) or type(exc).__name__
-        finally:
-            shutil.rmtree(job.work_dir, ignore_errors=True)
-        if job.on_finished:
-            job.on_finished(result, error)
-        return result, error
+        self.runs.cancel()
 
     # --- the result in the scene --------------------------------------------------------
 

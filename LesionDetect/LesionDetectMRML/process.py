@@ -6,12 +6,17 @@ never blocks.  The child gets its own process group (a new session on POSIX, a n
 group on Windows), so `cancel()` ends it together with every process it started (e.g. data
 loader workers) and nothing keeps running or writing after a cancel.
 
+`ChildRuns` is the one lifecycle around such a child that a detection (logic.DetectionLogic)
+and a fine-tune or ranking (learn.LearningLogic) share: one run at a time, progress passed on,
+Cancel, and an end step that reads the result, or puts back what the run changed.
+
 Qt-free: the module's widget polls `poll()` from a QTimer; tests and batch use `run()`.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import queue
 import shutil
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +170,123 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+@dataclass
+class Task:
+    """One run of ChildRuns and what happens at its end."""
+
+    kind: str  # "detection", "fine-tune", "rank": for the log and the caller's "what is running"
+    child: object
+    work_dir: Path  # removed when the run ends, whatever happened
+    finish: Callable[[object], object]  # the child succeeded: read (and show) its result
+    failed: Callable[[str, int], str]  # (its output tail, exit code) -> the error text
+    broken: Callable[[Exception], str]  # reading the result raised -> the error text
+    undo: Callable[[], str | None]  # cancelled or failed: put back what it changed; a note for the error
+    on_progress: Callable[[float, str], None] | None
+    on_finished: Callable[[object, str | None], None] | None
+    blocking: bool
+
+
+class ChildRuns:
+    """One child process at a time, started by `runner` (ChildProcess in Slicer, a stand-in in
+    the tests).  A blocking run returns its result or raises RuntimeError; otherwise
+    `poll_scheduler(poll)` (a QTimer in Slicer) or the caller polls, and on_finished(result,
+    error) reports the end.  A cancel or a failure calls the task's `undo` and leaves no work
+    folder; `lastRunCancelled` says how the last run ended."""
+
+    def __init__(self, runner, library_parent, poll_scheduler=None) -> None:
+        self.runner = runner
+        self.library_parent = library_parent
+        self.poll_scheduler = poll_scheduler
+        self.task: Task | None = None
+        self.lastRunCancelled = False
+        self._stop_polling = None
+
+    def isRunning(self) -> bool:
+        return self.task is not None
+
+    def start(self, args: list[str], work_dir: Path, *, kind: str, finish, blocking: bool = False,
+              on_progress=None, on_finished=None, failed=None, broken=None, undo=None):
+        try:
+            child = self.runner(args, env=library_env(self.library_parent))
+        except Exception:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        self.lastRunCancelled = False
+        task = self.task = Task(
+            kind=kind, child=child, work_dir=Path(work_dir), finish=finish,
+            failed=failed or (lambda tail, code: tail or f"The child process stopped with exit code {code}."),
+            broken=broken or (lambda exc: str(exc) or type(exc).__name__), undo=undo or (lambda: None),
+            on_progress=on_progress, on_finished=on_finished, blocking=blocking)
+        if not blocking:
+            if self.poll_scheduler is not None:
+                self._stop_polling = self.poll_scheduler(self.poll)
+            return None
+        try:
+            code = child.wait(on_progress=lambda p: task.on_progress and task.on_progress(p.fraction, p.text))
+        except BaseException:  # e.g. a progress callback raised: nothing may keep running
+            child.cancel()
+            self._finish(child.wait())
+            raise
+        result, error = self._finish(code)
+        if error is not None:
+            raise RuntimeError(error)
+        return result
+
+    def poll(self) -> bool:
+        """Pass new progress on; finish once the child has ended.  True while it runs."""
+        task = self.task
+        if task is None:
+            return False
+        reports, code = task.child.poll()
+        for report in reports:
+            if task.on_progress and self.task is task:
+                task.on_progress(report.fraction, report.text)
+        if self.task is not task:  # a progress callback cancelled it
+            return False
+        if code is None:
+            return True
+        self._finish(code)
+        return False
+
+    def cancel(self) -> None:
+        """Stop the running child and every process it started."""
+        task = self.task
+        if task is None:
+            return
+        task.child.cancel()
+        if not task.blocking:  # a blocking run finishes in start()'s wait()
+            self._finish(task.child.wait())
+
+    def _finish(self, code: int):
+        task, self.task = self.task, None
+        if self._stop_polling is not None:
+            self._stop_polling()
+            self._stop_polling = None
+        child = task.child
+        result, error = None, None
+        try:
+            if child.cancelled:
+                self.lastRunCancelled = True
+                error = "Cancelled."
+            elif code != 0:
+                error = task.failed(child.output_tail(), code)
+            else:
+                result = task.finish(child)
+        except Exception as exc:  # a result that cannot be read or shown is reported like a failed run
+            logging.exception("LesionDetect: reading the %s result failed", task.kind)
+            error = task.broken(exc)
+        try:
+            if error is not None:
+                note = task.undo()
+                if note:
+                    error = f"{error} {note}"
+        finally:
+            shutil.rmtree(task.work_dir, ignore_errors=True)
+        if task.on_finished:
+            task.on_finished(result, error)
+        return result, error
 
 
 def run(args: list[str], env: dict | None = None, cwd=None, on_progress=None, timeout: float | None = None
