@@ -18,15 +18,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "LesionDetect") not in sys.path:
-    sys.path.insert(0, str(ROOT / "LesionDetect"))
+from module_support import PYTHON, ROOT, FakeScheduler, ScriptedChild, ScriptedRunner, mrml  # noqa: F401  (mrml: fixture)
 
 from LesionDetectMRML import learn  # noqa: E402
 from LesionDetectMRML.logic import DetectionLogic  # noqa: E402
 from LesionDetectMRML.process import Progress  # noqa: E402
 
-PYTHON = "/opt/Slicer/bin/PythonSlicer"
 METHOD = "ms-flair-fcn"
 STEPS = [[Progress(0.1, "epoch 1/2")], [], [Progress(0.6, "epoch 2/2"), Progress(0.9, "validation")]]
 ERROR_LINE = "lesiondetect: error: data/dataset.json: is a CT dataset; the model is a ms-flair-fcn (MR) model"
@@ -52,19 +49,17 @@ def fine_tuned_copy(init: Path, out: Path, marker: str) -> Path:
     return out
 
 
-class FakeChild:
-    """Stands in for process.ChildProcess running `lesiondetect train|rank`: answers poll() from
-    a script.  outcome: "succeed", "fail" (exit 2 with an error line), "hang" (runs until
-    cancelled) or "register-then-hang" (registers its model, then runs until cancelled)."""
+class FakeChild(ScriptedChild):
+    """Stands in for process.ChildProcess running `lesiondetect train|rank`.  outcome: "succeed",
+    "fail" (exit 2 with an error line), "hang" (runs until cancelled) or "register-then-hang"
+    (registers its model, then runs until cancelled)."""
 
-    def __init__(self, args, env, outcome, steps, ranking):
-        self.args, self.env, self.outcome, self.ranking = args, env, outcome, ranking
+    hangs = ("hang", "register-then-hang")
+
+    def __init__(self, args, env, outcome, steps, ranking=()):
+        super().__init__(args, env, outcome, steps)
+        self.ranking = list(ranking)
         self.action = args[args.index("lines") + 1]
-        self.steps = [list(s) for s in steps]
-        self.cancelled, self.code, self.tail = False, None, []
-
-    def arg(self, flag):
-        return self.args[self.args.index(flag) + 1]
 
     def _register(self):
         from LesionDetectLib import library
@@ -83,77 +78,30 @@ class FakeChild:
                "model_id": read_card(model)[1].model_id, "cases": rows}
         Path(self.arg("--out")).write_text(json.dumps(doc))
 
-    def poll(self):
-        if self.code is not None:
-            return [], self.code
+    def on_poll(self) -> None:
         if self.outcome == "register-then-hang" and not self.tail:
             self._register()
-        if self.steps:
-            return self.steps.pop(0), None
-        if self.outcome in ("hang", "register-then-hang"):
-            return [], None
+
+    def end(self) -> int:
         if self.outcome == "fail":
             self.tail += ["loading the model", ERROR_LINE]
-            self.code = 2
-        else:
-            self._register() if self.action == "train" else self._rank()
-            self.code = 0
-        return [], self.code
-
-    def wait(self, timeout=None, on_progress=None):
-        while True:
-            reports, code = self.poll()
-            for report in reports:
-                if on_progress is not None:
-                    on_progress(report)
-            if code is not None:
-                return code
-            if self.outcome.endswith("hang") and not self.steps and not self.cancelled:
-                raise AssertionError("the fake child would block forever")
-
-    def cancel(self):
-        self.cancelled, self.code = True, -15
-
-    def output_tail(self):
-        return "\n".join(self.tail)
+            return 2
+        self._register() if self.action == "train" else self._rank()
+        return 0
 
 
-class FakeRunner:
+class FakeRunner(ScriptedRunner):
+    child_class = FakeChild
+
     def __init__(self, outcome="succeed", steps=STEPS, ranking=()):
-        self.outcome, self.steps, self.ranking = outcome, steps, list(ranking)
-        self.children: list[FakeChild] = []
+        super().__init__(outcome, steps)
+        self.ranking = list(ranking)  # a test may change it between runs
 
-    def __call__(self, args, env=None):
-        child = FakeChild(list(args), env, self.outcome, self.steps, self.ranking)
-        self.children.append(child)
-        return child
-
-
-class FakeScheduler:
-    def __init__(self):
-        self.poll, self.stops = None, 0
-
-    def __call__(self, poll):
-        self.poll = poll
-        return self.stop
-
-    def stop(self):
-        self.stops += 1
+    def child_options(self) -> dict:
+        return {"ranking": self.ranking}
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-@pytest.fixture
-def mrml():
-    from LesionDetectMRML import headless
-
-    try:
-        s = headless.new_scene()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def lib(tmp_path, monkeypatch):

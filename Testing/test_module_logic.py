@@ -7,22 +7,18 @@ export, new boxes and points, the sample study.  Also the dependency plan for Sl
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "LesionDetect") not in sys.path:
-    sys.path.insert(0, str(ROOT / "LesionDetect"))
+from module_support import PYTHON, ROOT, FakeScheduler, ScriptedChild, ScriptedRunner, mrml  # noqa: F401  (mrml: fixture)
 
 from LesionDetectMRML import dependencies  # noqa: E402
 from LesionDetectMRML.logic import DetectionLogic  # noqa: E402
 from LesionDetectMRML.process import Progress  # noqa: E402
 
-PYTHON = "/opt/Slicer/bin/PythonSlicer"
 STEPS = [[Progress(0.25, "reading the image")], [], [Progress(0.5, "model"), Progress(0.75, "writing")]]
 NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsROINode",
                 "vtkMRMLMarkupsFiducialNode", "vtkMRMLTableNode")
@@ -30,99 +26,34 @@ NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMa
 
 # --- a fake runner ------------------------------------------------------------------------
 
-class FakeChild:
-    """Stands in for process.ChildProcess: answers poll() from a script, runs nothing.
+class FakeChild(ScriptedChild):
+    """Stands in for `lesiondetect infer`.  outcome: "succeed" (writes `prediction` where --out
+    points, exit 0), "fail" (exit 2 with an error line), "empty" (exit 0 without writing
+    anything) or "hang" (runs until cancelled)."""
 
-    outcome: "succeed" (writes `prediction` where --out points, exit 0), "fail" (exit 2 with an
-    error line), "empty" (exit 0 without writing anything) or "hang" (runs until cancelled).
-    """
-
-    def __init__(self, args, env, outcome, prediction, steps):
-        self.args, self.env, self.outcome, self.prediction = args, env, outcome, prediction
-        self.steps = [list(s) for s in steps]
-        self.cancelled = False
-        self.code = None
-        self.tail: list[str] = []
+    def __init__(self, args, env, outcome, steps, prediction=None):
+        super().__init__(args, env, outcome, steps)
+        self.prediction = prediction
         self.input_at_start = Path(self.arg("--input")).is_file()
 
-    def arg(self, flag: str) -> str:
-        return self.args[self.args.index(flag) + 1]
-
-    def poll(self):
-        if self.code is not None:
-            return [], self.code
-        if self.steps:
-            return self.steps.pop(0), None
-        if self.outcome == "hang":
-            return [], None
+    def end(self) -> int:
         if self.outcome == "succeed":
             from LesionDetectLib.prediction import write_prediction
 
             write_prediction(self.prediction, self.arg("--out"))
         elif self.outcome == "fail":
             self.tail = ["loading the model", "lesiondetect: error: model/: no weights file"]
-        self.code = 2 if self.outcome == "fail" else 0
-        return [], self.code
-
-    def wait(self, timeout=None, on_progress=None):
-        while True:
-            reports, code = self.poll()
-            for report in reports:
-                if on_progress is not None:
-                    on_progress(report)
-            if code is not None:
-                return code
-            if self.outcome == "hang" and not self.steps and not self.cancelled:
-                raise AssertionError("the fake child would block forever")
-
-    def cancel(self):
-        self.cancelled = True
-        self.code = -15
-
-    def output_tail(self) -> str:
-        return "\n".join(self.tail)
+        return 2 if self.outcome == "fail" else 0
 
 
-class FakeRunner:
-    """A Runner that hands out FakeChild objects and keeps them."""
+class FakeRunner(ScriptedRunner):
+    child_class = FakeChild
 
     def __init__(self, outcome="succeed", prediction=None, steps=STEPS):
-        self.outcome, self.prediction, self.steps = outcome, prediction, steps
-        self.children: list[FakeChild] = []
-
-    def __call__(self, args, env=None):
-        child = FakeChild(list(args), env, self.outcome, self.prediction, self.steps)
-        self.children.append(child)
-        return child
-
-
-class FakeScheduler:
-    """A PollScheduler the test drives by hand (Slicer's is a QTimer)."""
-
-    def __init__(self):
-        self.poll, self.stops = None, 0
-
-    def __call__(self, poll):
-        self.poll = poll
-        return self.stop
-
-    def stop(self):
-        self.stops += 1
+        super().__init__(outcome, steps, prediction=prediction)
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-@pytest.fixture
-def mrml():
-    from LesionDetectMRML import headless
-
-    try:
-        s = headless.new_scene()
-    except ImportError as exc:
-        pytest.skip(str(exc))
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def study():
