@@ -338,9 +338,11 @@ def _windows_process_gone(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def process_lock(lock: str | os.PathLike, what: str, timeout_s: float = 30.0) -> Iterator[Path]:
+def process_lock(lock: str | os.PathLike, what: str, timeout_s: float = 30.0, take_over=None) -> Iterator[Path]:
     """Hold the lock file `lock` (O_EXCL works on every platform) while the block runs; a lock
-    whose holder is gone (killed) is taken over, a live one is waited for up to `timeout_s`."""
+    whose holder is gone (killed) is taken over, a live one is waited for up to `timeout_s`.
+    `take_over(lock)` replaces the plain take-over (removing a stale lock) for holders that must
+    undo what a killed holder left (the dataset export)."""
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
@@ -349,9 +351,12 @@ def process_lock(lock: str | os.PathLike, what: str, timeout_s: float = 30.0) ->
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            if lock_holder_gone(read_lock(lock), lock):
+            if take_over is not None:
+                take_over(lock)
+            elif lock_holder_gone(read_lock(lock), lock):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
+            if not lock.exists():
                 continue
             if time.monotonic() > deadline:
                 raise input_error(lock, f"another process is {what}; remove this file if none is") from None
@@ -359,6 +364,9 @@ def process_lock(lock: str | os.PathLike, what: str, timeout_s: float = 30.0) ->
     try:
         try:
             os.write(fd, json.dumps(lock_owner()).encode())
+        except OSError as exc:
+            raise input_error(lock, f"cannot be written ({full_disk_reason(lock.parent) or exc.strerror}); "
+                                    "nothing was changed") from None
         finally:
             os.close(fd)
         yield lock

@@ -251,7 +251,7 @@ def test_a_lock_of_a_live_export_is_waited_for_not_taken(mrml, tmp_path, monkeyp
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "x.nrrd").write_bytes(b"being written")
     monkeypatch.setattr(export, "LOCK_TIMEOUT_S", 0.3)
-    with pytest.raises(LesionDetectError, match="another export holds this lock"):
+    with pytest.raises(LesionDetectError, match="another process is exporting into this dataset"):
         _export(mrml, tmp_path, "b", volume, nodes, study)
     assert (tmp_path / "images" / "x.nrrd").read_bytes() == b"being written"
     assert export.recover(tmp_path) == []

@@ -35,7 +35,6 @@ import glob
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from LesionDetectLib import __version__, markups, segnrrd
 from LesionDetectLib.dataset import DATASET_FILE, read_dataset_json, write_dataset_json
 from LesionDetectLib.errors import LesionDetectError, input_error
 from LesionDetectLib.files import (atomic_path, check_free_space, fault_point, full_disk_reason, lock_holder_gone,
-                                   lock_owner, read_lock)
+                                   lock_owner, process_lock, read_lock)
 from LesionDetectLib.geometry import Geometry
 from LesionDetectLib.io import modality_guess, write_image
 from LesionDetectLib.prediction import LesionBox, LesionPoint, Prediction
@@ -350,30 +349,8 @@ def _named_files(root: Path) -> set[Path] | None:
 
 @contextlib.contextmanager
 def _dataset_lock(root: Path):
-    """An exclusive lock file beside dataset.json (O_EXCL works on every platform); a lock
-    left by a killed export is recovered (`recover`) instead of waited for."""
-    lock = root / (DATASET_FILE + ".lock")
-    deadline = time.monotonic() + LOCK_TIMEOUT_S
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            recover(root)
-            if not lock.exists():
-                continue
-            if time.monotonic() > deadline:
-                raise input_error(lock, "another export holds this lock; remove the file if no export is running")
-            time.sleep(0.1)
-    try:
-        try:
-            os.write(fd, json.dumps(lock_owner()).encode())
-        except OSError as exc:
-            raise input_error(root, f"the case cannot be exported ({full_disk_reason(root) or exc.strerror}); the "
-                                    "dataset was left as it was") from None
-        finally:
-            os.close(fd)
+    """files.process_lock on a lock file beside dataset.json; a lock left by a killed export is
+    recovered (`recover`: the files it had planned are removed) instead of waited for."""
+    with process_lock(root / (DATASET_FILE + ".lock"), "exporting into this dataset", LOCK_TIMEOUT_S,
+                      take_over=lambda lock: recover(root)) as lock:
         yield _Lock(lock, root)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
