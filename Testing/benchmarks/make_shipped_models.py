@@ -175,9 +175,36 @@ def without_roi(src: Path, dest: Path, cases: int) -> Path:
     return dest
 
 
+# the post-processing grids (finer at the top: on 11 bone volumes the best rule sat at the edge of a
+# grid that stopped at 0.95 and 150 mm^3; a detector trained longer puts its true boxes above 0.95)
+BONE_GRID = {"threshold": [round(float(t), 3) for t in np.r_[np.arange(0.30, 0.96, 0.05), 0.97, 0.98, 0.99, 0.995]],
+             "min_lesion_mm3": [0.0, 10.0, 20.0, 40.0, 60.0, 100.0, 150.0, 200.0, 300.0, 500.0],
+             "component_score": ["max", "mean"]}
+LIVER_GRID = {"threshold": [round(float(t), 3) for t in np.r_[np.arange(0.05, 0.96, 0.05), 0.97, 0.98, 0.99, 0.995]],
+              "min_box_mm": [0.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0], "chain_score": list(CHAIN_SCORES)}
+
+
+def chosen_once(work: Path, cases, grid: dict, search) -> dict:
+    """The best row of `search()` (the post-processing grid search, rows of lesion counts), kept in
+    work/postprocessing_grid.json with the cases and grid it ran on and reused while both are
+    the same (the bone search labels every map at every threshold: 20 minutes on 2 cores)."""
+    file, ids = work / "postprocessing_grid.json", [c.id for c in cases]
+    if file.exists():
+        kept = json.loads(file.read_text())
+        if kept.get("cases") == ids and kept.get("grid") == grid:
+            return kept["best"]
+    rows, best = search()
+    write_json(file, {"cases": ids, "grid": grid, "rows": rows, "best": best}, overwrite=True)
+    return best
+
+
 def bone_choose_postprocessing(method, model, card, cases, device, work: Path) -> dict:
     """Lesion threshold, minimum lesion size and component score with the best lesion F1 on
-    `cases` (the validation volumes), from their parsed maps."""
+    `cases` (volumes it never trained on), from their parsed maps."""
+    return chosen_once(work, cases, BONE_GRID, lambda: _bone_grid(method, model, card, cases, device, work))
+
+
+def _bone_grid(method, model, card, cases, device, work: Path):
     config = card.config
     maps = []
     for case in cases:
@@ -193,9 +220,8 @@ def bone_choose_postprocessing(method, model, card, cases, device, work: Path) -
         maps.append((prob, geometry, truth_lesions(case)))
     from scipy import ndimage
 
-    rows, sizes, rules = [], (0.0, 10.0, 20.0, 40.0, 60.0, 100.0, 150.0, 200.0, 300.0, 500.0), ("max", "mean")
-    # finer at the top: on 11 volumes the best rule sat at the old grid's edge (0.95, 150 mm^3)
-    for threshold in np.round(np.r_[np.arange(0.30, 0.96, 0.05), 0.97, 0.98, 0.99, 0.995], 3):
+    rows, sizes, rules = [], BONE_GRID["min_lesion_mm3"], BONE_GRID["component_score"]
+    for threshold in BONE_GRID["threshold"]:
         counts = {(r, m): [0, 0, 0] for r in rules for m in sizes}
         for prob, geometry, truth in maps:
             # parsing.lesion_components for every size and rule from one labelling
@@ -219,8 +245,7 @@ def bone_choose_postprocessing(method, model, card, cases, device, work: Path) -
     # best F1; on ties the larger minimum size and the higher threshold (fewer false findings
     # on unseen anatomy), then max scoring
     best = max(rows, key=lambda r: (r["f1"], r["min_lesion_mm3"], r["threshold"], r["component_score"] == "max"))
-    write_json(work / "postprocessing_grid.json", {"rows": rows, "best": best}, overwrite=True)
-    return best
+    return rows, best
 
 
 def cache_patch_sets(folder: Path) -> None:
@@ -382,12 +407,16 @@ def box_centres(pred) -> list[LesionPoint]:
 def liver_choose_postprocessing(method, model, card, cases, device, work: Path) -> dict:
     """Chain score rule, score threshold and minimum in-plane box size with the best lesion F1 on
     `cases` (the validation volumes), from every box down to the detector's min_score."""
+    return chosen_once(work, cases, LIVER_GRID, lambda: _liver_grid(method, model, card, cases, device, work))
+
+
+def _liver_grid(method, model, card, cases, device, work: Path):
     import copy
 
     from LesionDetectLib.findings import LesionBox
 
     found_boxes = {}
-    for rule in CHAIN_SCORES:
+    for rule in LIVER_GRID["chain_score"]:
         rule_card = copy.deepcopy(card)
         rule_card.config["chain_score"] = rule
         for case in cases:
@@ -405,10 +434,9 @@ def liver_choose_postprocessing(method, model, card, cases, device, work: Path) 
                     f"{len(boxes)} boxes")
             found_boxes.setdefault(rule, []).append((boxes, truth_lesions(case)))
     rows = []
-    # finer at the top: a detector trained longer puts its true boxes above 0.95
-    for rule in CHAIN_SCORES:
-        for threshold in np.round(np.r_[np.arange(0.05, 0.96, 0.05), 0.97, 0.98, 0.99, 0.995], 3):
-            for min_mm in (0.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0):
+    for rule in LIVER_GRID["chain_score"]:
+        for threshold in LIVER_GRID["threshold"]:
+            for min_mm in LIVER_GRID["min_box_mm"]:
                 found = false = lesions = 0
                 for boxes, truth in found_boxes[rule]:
                     kept = [LesionPoint(position=b.center, score=b.score) for b in boxes
@@ -419,8 +447,7 @@ def liver_choose_postprocessing(method, model, card, cases, device, work: Path) 
                              **f1_counts(found, false, lesions)})
     # ties: the larger minimum size, the higher threshold, then the paper's max rule
     best = max(rows, key=lambda r: (r["f1"], r["min_box_mm"], r["threshold"], r["chain_score"] == "max"))
-    write_json(work / "postprocessing_grid.json", {"rows": rows, "best": best}, overwrite=True)
-    return best
+    return rows, best
 
 
 def training_slices_text(config: dict) -> str:
