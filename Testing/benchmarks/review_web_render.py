@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the numbers here too")
     parser.add_argument("--frames", help="save the last axial frames (first image, scrolled, thresholded) here as JPEG")
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()[0]  # the 2 cores may be shared: say how busy they were
 
     import LesionDetectWeb
 
@@ -206,6 +209,10 @@ def main(argv=None) -> int:
         findings_ms = 1000 * (time.perf_counter() - findings_t)
 
     result = {
+        "command": " ".join(["python", "Testing/benchmarks/review_web_render.py", *(argv or sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+                   f"{platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "load_1min_at_start": round(load_at_start, 2),
         "size": list(args.size), "view_px": args.view, "repeats": args.repeats,
         "first_image_s": round(first_image_s, 3), "first_frame_bytes": len(first_red),
         "show_result_s": round(show_s, 3),
