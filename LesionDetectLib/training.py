@@ -53,6 +53,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # > 0: after `epochs`, add the method's hard_examples (mined with the model so far) to the
     # training set and train this many epochs more (the lr schedule spans all epochs)
     "hard_example_epochs": 0,
+    # True: keep the weights of the epoch with the lowest validation loss, not the last epoch's (a small
+    # training set overfits within a few epochs); the card names the epoch.  Ignored without validation.
+    "keep_best": False,
     # cross-entropy label smoothing (Szegedy et al. 2016): methods whose losses are
     # cross-entropies pass it to them (0 = one-hot targets)
     "label_smoothing": 0.0,
@@ -271,9 +274,9 @@ def train(method_name: str | None, data: str | os.PathLike, out: str | os.PathLi
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    start_epoch, history = 0, []
+    start_epoch, history, best = 0, [], None  # best: (val_loss, epoch, weights) with keep_best
     if resume and (out / CHECKPOINT).exists():  # a damaged checkpoint is refused before any work
-        start_epoch, history = _resume(out / CHECKPOINT, model, optimizer, dev)
+        start_epoch, history, best = _resume(out / CHECKPOINT, model, optimizer, dev)
     train_set, val_set = method.training_data(dataset, config, seed)
     if len(train_set) == 0:
         raise input_error(data, "yields no training samples for this method (no annotated lesions?)")
@@ -340,12 +343,15 @@ def train(method_name: str | None, data: str | os.PathLike, out: str | os.PathLi
         for earlier in history:  # only the last epoch's per-sample losses are needed
             earlier.pop("sample_losses", None)
         history.append(entry)
+        if config.get("keep_best") and "val_loss" in entry and (best is None or entry["val_loss"] < best[0]):
+            best = (entry["val_loss"], epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         report((epoch + 1) / (epochs + hard_epochs), f"epoch {epoch + 1}/{epochs + hard_epochs} "
                                                      f"loss {entry['train_loss']:.4f}")
         try:
             with atomic_path(out / CHECKPOINT, overwrite=True) as tmp:  # a kill never leaves half a checkpoint
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                            "history": json.dumps(history)}, tmp)
+                            "history": json.dumps(history),
+                            **({"best_model": best[2], "best": [best[0], best[1]]} if best else {})}, tmp)
         except (OSError, RuntimeError) as exc:  # e.g. a full disk: the previous checkpoint stays
             raise input_error(out / CHECKPOINT, f"cannot be written ({str(exc).strip()[:200]}); the previous "
                                                 "checkpoint is unchanged") from None
@@ -357,6 +363,8 @@ def train(method_name: str | None, data: str | os.PathLike, out: str | os.PathLi
                 epochs, total_steps = fit, (fit + hard_epochs) * steps_per_epoch
                 history[-1]["epochs_cut_to"] = fit
         epoch += 1
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     history = [{k: v for k, v in h.items() if k != "sample_losses"} for h in history]
     if parent and not recalibrate:
@@ -368,7 +376,8 @@ def train(method_name: str | None, data: str | os.PathLike, out: str | os.PathLi
         training={"dataset": dataset.name, "dataset_path": str(dataset.root), "cases": len(dataset.cases),
                   "patients": len({c.patient for c in dataset.cases}), "train_samples": len(train_set),
                   "val_samples": len(val_set) if val_set is not None else 0, "history": history,
-                  "seconds": round(time.perf_counter() - t0, 1), "device": str(dev)},
+                  "seconds": round(time.perf_counter() - t0, 1), "device": str(dev),
+                  **({"kept_epoch": best[1], "kept_val_loss": round(best[0], 6)} if best else {})},
     )
     if parent:
         after = validation_metrics(method, model, card, config, dataset, val_set, dev)
@@ -431,13 +440,15 @@ def validation_metrics(method, model, card: ModelCard, config: dict, dataset, va
     return result
 
 
-def _resume(path: Path, model, optimizer, device) -> tuple[int, list]:
-    """(epoch, history) of a checkpoint, its state loaded; a damaged or foreign one is one error."""
+def _resume(path: Path, model, optimizer, device) -> tuple[int, list, tuple | None]:
+    """(epoch, history, best epoch's (val_loss, epoch, weights) or None) of a checkpoint, its state
+    loaded; a damaged or foreign one is one error."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        return int(ckpt["epoch"]), json.loads(ckpt["history"])
+        best = (float(ckpt["best"][0]), int(ckpt["best"][1]), ckpt["best_model"]) if "best" in ckpt else None
+        return int(ckpt["epoch"]), json.loads(ckpt["history"]), best
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or foreign files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise input_error(path, f"cannot be resumed from: it is damaged, not a LesionDetect checkpoint of this "

@@ -715,3 +715,30 @@ def test_shipped_model_runs_through_infer_without_model(tmp_path, run_cli):
     assert pred.provenance.parameters["candidates"] == "components"
     assert pred.probability.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
     assert all(p.score >= card.thresholds["lesion"] for p in pred.points)
+
+
+def test_keep_best_keeps_the_epoch_with_the_lowest_validation_loss(tmp_path, monkeypatch):
+    """training's `keep_best`: the saved weights are those of the epoch whose validation loss
+    was lowest (here the 2nd of 3), and the card names it; without it, the last epoch's."""
+    from safetensors.torch import load_file
+
+    from LesionDetectLib import training
+
+    ds = make_dataset(tmp_path / "ds", n_cases=3)
+    overrides = {**TINY, "patch_pixels": 32, "context_pixels": 0, "batch_size": 8, "epochs": 3, "keep_best": True}
+    losses, snapshots = iter([0.5, 0.2, 0.4, 0.5, 0.2, 0.4]), []
+
+    def scripted(method, model, val_set, config, device):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(training, "validation_loss", scripted)
+    for keep, want in ((True, 1), (False, 5)):
+        out = tmp_path / f"m_{keep}"
+        training.train("bone-ct-patch", ds, out, overrides={**overrides, "keep_best": keep}, device="cpu")
+        card = json.loads((out / "model.json").read_text())
+        saved = load_file(out / card["weights_file"])
+        for name, value in saved.items():
+            torch.testing.assert_close(value, snapshots[want][name].to(value.dtype))
+        assert not all(torch.equal(v, snapshots[want - 1][k].to(v.dtype)) for k, v in saved.items())
+        assert card["training"].get("kept_epoch") == (2 if keep else None)

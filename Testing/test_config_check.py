@@ -48,7 +48,9 @@ def test_trainer_defaults_are_the_values_the_trainer_used_to_fall_back_to():
               "warmup_epochs": 0, "epochs": 1, "batch_size": 32, "seed": 0, "pretrained": False, "weights": None,
               "time_limit_minutes": 0, "hard_example_epochs": 0,
               # added with spine-mtl; their defaults switch them off, so older configs train as before
-              "label_smoothing": 0.0, "self_paced_start": 0.0, "self_paced_epochs": 10}
+              "label_smoothing": 0.0, "self_paced_start": 0.0, "self_paced_epochs": 10,
+              # added with keep_best: off keeps the last epoch, as before
+              "keep_best": False}
     assert TRAINER_DEFAULTS == before
     opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], {})
     assert isinstance(opt, torch.optim.SGD)

@@ -166,7 +166,7 @@ def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 2,
                 "history": json.dumps([{"epoch": 1}, {"epoch": 2}])}, path)
-    assert _resume(path, *_model_and_optimizer(), "cpu") == (2, [{"epoch": 1}, {"epoch": 2}])
+    assert _resume(path, *_model_and_optimizer(), "cpu") == (2, [{"epoch": 1}, {"epoch": 2}], None)
     data = path.read_bytes()
     if damage == "truncated":
         path.write_bytes(data[:len(data) // 2])
