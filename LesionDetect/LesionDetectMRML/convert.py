@@ -161,6 +161,15 @@ def add_region_segmentation(scene, segmentations_logic, labels: np.ndarray, regi
     return seg_node
 
 
+def mask_block(inside: np.ndarray) -> tuple[slice, ...] | None:
+    """The (z, y, x) slices of the smallest block holding every True voxel of `inside`; None when
+    there is none."""
+    extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(e) == 0 for e in extent):
+        return None
+    return tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
+
+
 def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, geometry: Geometry, segmentations_logic,
                      offset=None) -> None:
     """Replace one segment's voxels with `mask` ((z, y, x) on `geometry`).
@@ -174,8 +183,7 @@ def set_segment_mask(seg_node, segment_id: str, mask: np.ndarray, geometry: Geom
 
     if offset is None:
         inside = np.asarray(mask) > 0
-        extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        block = tuple(slice(int(e[0]), int(e[-1]) + 1) if len(e) else slice(0, 1) for e in extent)
+        block = mask_block(inside) or (slice(0, 1),) * 3
         mask, offset = inside[block], tuple(b.start for b in block)
     mask = np.ascontiguousarray(np.asarray(mask) > 0, dtype=np.uint8)
     if seg_node.GetSegmentation().GetSegment(segment_id) is None:

@@ -140,7 +140,6 @@ class DetectionLogic(ReviewMixin, LearnMixin):
         self.python = python or sys.executable
         self.library_parent = Path(library_parent) if library_parent is not None else default_library_parent()
         self.temp_dir = temp_dir
-        self.poll_scheduler = poll_scheduler
         self.runs = process.ChildRuns(self.runner, self.library_parent, poll_scheduler)
         self.result = None  # overlay.PredictionNodes of the last run
         self.prediction = None  # the model's own output, for the export's "corrected" flag

@@ -181,16 +181,17 @@ def _components(mask, geometry, probability=None, offset=(0, 0, 0), full: bool =
     import numpy as np
     from scipy import ndimage
 
+    from .convert import mask_block
+
     inside = np.asarray(mask) > 0
     offset = np.asarray(offset, dtype=int)
     # label only the block that holds the mask: a threshold change on a 512 x 512 x 100 CT then
     # costs the lesions' size, not the volume's (the review app redraws on every change)
-    extent = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(len(e) == 0 for e in extent):
+    block = mask_block(inside)
+    if block is None:
         if full:
             return np.zeros(geometry.shape, dtype=np.int32), (0, 0, 0), []
         return np.zeros((0, 0, 0), dtype=np.int32), (0, 0, 0), []
-    block = tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
     block_labels, _ = ndimage.label(inside[block])
     origin = np.array([s.start for s in block]) + offset  # of block_labels on the whole grid
     if full:
