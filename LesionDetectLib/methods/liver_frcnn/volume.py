@@ -33,14 +33,10 @@ class Chain:
     boxes: list[list[float]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
 
-    @property
-    def score(self) -> float:
-        return max(self.scores)
-
     def scored(self, rule: str) -> float:
         if rule not in CHAIN_SCORES:
             raise ValueError(f"unknown chain score '{rule}'; use one of {', '.join(CHAIN_SCORES)}")
-        return self.score if rule == "max" else float(np.mean(self.scores))
+        return max(self.scores) if rule == "max" else float(np.mean(self.scores))
 
     def box3d(self) -> np.ndarray:
         """[x0, y0, z0, x1, y1, z1] in pixel/slice edges (z1 exclusive like x1, y1)."""
