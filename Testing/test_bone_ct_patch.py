@@ -594,6 +594,59 @@ def test_hard_negatives_are_the_strongest_candidates_clear_of_every_lesion(tmp_p
                                         and abs(p[2] - les[2]) * sx < reach for les in lesions)
 
 
+def test_with_a_lesion_mask_hard_negatives_keep_the_mask_samplings_margin(tmp_path):
+    """Lesion-mask sampling: a mined negative lies at least hard_negative_margin_mm from every lesion
+    voxel (checked against the brute-force distance), and every stronger local maximum that
+    was left out lies within that margin."""
+    from LesionDetectLib.dataset import load_dataset
+
+    method = get_method("bone-ct-patch")
+    ds = load_dataset(make_dataset(tmp_path / "ds", n_cases=3))
+    cfg = config(hard_negatives_per_volume=50, froc_min_score=0.0, candidate_radius_mm=2.0,
+                 positive_sampling="mask", hard_negative_margin_mm=8.0)
+    torch.manual_seed(0)
+    model = method.build_model(cfg).eval()
+    case = method.split_cases(ds, cfg)["train"][0]
+    hu, bone, geometry, lesions = method.load_case(case, cfg)
+    lesion_mask = ((hu < 100) & (bone > 0)).astype(np.uint8)  # the dark spheres inside the bone block
+    lesion_mask[:, :10] = lesion_mask[:, 46:] = lesion_mask[:, :, :10] = lesion_mask[:, :, 46:] = 0
+    assert lesion_mask.sum() > 20
+    centres, scores = method.hard_negative_centres(model, cfg, hu, bone, geometry, lesions, torch.device("cpu"),
+                                                   lesion_mask)
+    mm = np.array(geometry.spacing)[::-1]  # zyx
+
+    def distance(c):
+        return np.sqrt((((np.argwhere(lesion_mask) - c) * mm) ** 2).sum(axis=1)).min()
+
+    assert len(centres) > 0 and all(distance(c) >= 8.0 for c in centres)
+    peaks, peak_scores = parsing.local_maxima(method.parse(model, cfg, hu, bone, geometry, torch.device("cpu")),
+                                              geometry.spacing, 0.0, 2.0, 200)
+    mined = {tuple(c) for c in centres}
+    left_out = [p for p, s in zip(peaks, peak_scores) if s > scores[-1] and tuple(p) not in mined]
+    assert all(distance(p) < 8.0 for p in left_out)
+    assert any(distance(p) < 8.0 for p in peaks)  # the rule did leave some out
+
+
+def test_mined_negatives_are_augmented_like_rejected_ones(tmp_path):
+    """hard_negative_augment = 3: three patches per mined location, the first one as found,
+    the others rotated or mirrored copies of it."""
+    from LesionDetectLib.dataset import load_dataset
+
+    method = get_method("bone-ct-patch")
+    ds = load_dataset(make_dataset(tmp_path / "ds", n_cases=3))
+    cfg = config(hard_negatives_per_volume=5, froc_min_score=0.0, candidate_radius_mm=3.0, context_pixels=0)
+    torch.manual_seed(0)
+    model = method.build_model(cfg).eval()
+    plain = method.hard_examples(model, ds, cfg, 0, torch.device("cpu"))
+    tripled = method.hard_examples(model, ds, {**cfg, "hard_negative_augment": 3}, 0, torch.device("cpu"))
+    assert len(tripled) == 3 * len(plain) > 0 and not tripled.labels.any()
+    torch.testing.assert_close(tripled.patches[::3], plain.patches)
+    copies = tripled.patches.view(len(plain), 3, *plain.patches.shape[1:])
+    assert not torch.equal(copies[:, 1], copies[:, 0]) and not torch.equal(copies[:, 2], copies[:, 0])
+    # a copy is the same square turned: the same HU values up to interpolation at the edges
+    torch.testing.assert_close(copies[:, 1].mean(dim=(1, 2, 3)), copies[:, 0].mean(dim=(1, 2, 3)), atol=60, rtol=0)
+
+
 def test_training_with_hard_negatives_mines_after_the_paper_epochs(tmp_path, run_cli):
     ds = make_dataset(tmp_path / "ds", n_cases=3)
     model = tmp_path / "model"

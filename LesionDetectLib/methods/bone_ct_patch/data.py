@@ -235,12 +235,33 @@ def rejected_positions(rejected_zyx: np.ndarray, lesions_zyx: np.ndarray, spacin
     it is a duplicate of a lesion, not a lesion-free place."""
     rejected = np.asarray(rejected_zyx, float).reshape(-1, 3)
     rejected = rejected[clear_of_positives(rejected, lesions_zyx, spacing_xyz, patch_mm, exclusion_z_mm, shift_mm)]
-    centres = np.repeat(rejected, max(1, int(augment)), axis=0)
+    centres, angles, mirror = augmented(rejected, rng, augment)
+    return centres, np.zeros(len(centres), np.float32), angles, mirror
+
+
+def augmented(centres_zyx: np.ndarray, rng: np.random.Generator, augment: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centres, angles, mirror): `augment` patches per location, the first one unaugmented,
+    the others rotated by a random angle and mirrored with probability 1/2."""
+    augment = max(1, int(augment))
+    centres = np.repeat(np.asarray(centres_zyx, float).reshape(-1, 3), augment, axis=0)
     angles = rng.uniform(0, 2 * math.pi, len(centres))
     mirror = rng.random(len(centres)) < 0.5
-    angles[::max(1, int(augment))] = 0.0
-    mirror[::max(1, int(augment))] = False
-    return centres, np.zeros(len(centres), np.float32), angles, mirror
+    angles[::augment] = 0.0
+    mirror[::augment] = False
+    return centres, angles, mirror
+
+
+def clear_of_lesion_mask(centres_zyx: np.ndarray, lesion_mask: np.ndarray, spacing_xyz, margin_mm: float
+                         ) -> np.ndarray:
+    """Bool per centre (integer zyx voxels): at least `margin_mm` from every lesion voxel (the
+    negatives' rule of the lesion-mask sampling, `mask_training_positions`)."""
+    centres = np.asarray(centres_zyx, int).reshape(-1, 3)
+    if not np.any(lesion_mask):
+        return np.ones(len(centres), bool)
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    distance = ndimage.distance_transform_edt(lesion_mask == 0, sampling=(sz, sy, sx))
+    return distance[tuple(centres.T)] >= margin_mm
 
 
 class PatchSet(torch.utils.data.Dataset):

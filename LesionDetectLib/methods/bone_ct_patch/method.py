@@ -90,6 +90,11 @@ class BoneCTPatch(Method):
         # hard-negative mining (not in the paper): after `epochs`, this many of each training
         # volume's strongest false candidates become negatives for `hard_example_epochs` more
         "hard_negatives_per_volume": 0,
+        # patches per mined location: the first as found, the others rotated and mirrored
+        "hard_negative_augment": 1,
+        # with lesion-mask sampling, mined locations at least this far from every lesion voxel: the
+        # map's peak just outside a lesion is the lesion seen off-centre, not a false finding
+        "hard_negative_margin_mm": 10.0,
         # detections a reviewer rejected in Slicer (a case's "negative_points" / "negative_boxes",
         # dataset.hard_negatives) become negative patches, `augment` per location (not in the paper)
         "rejected_negatives": True,
@@ -209,25 +214,34 @@ class BoneCTPatch(Method):
         found, ids = [], []
         for case in progress(self.split_cases(dataset, config)["train"], desc="hard negatives", unit="case"):
             hu, bone, geometry, lesions = self.load_case(case, config)
-            centres, _ = self.hard_negative_centres(model, config, hu, bone, geometry, lesions, device)
+            mask = self.lesion_mask(case, geometry) if config.get("positive_sampling") == "mask" else None
+            mined, _ = self.hard_negative_centres(model, config, hu, bone, geometry, lesions, device, mask)
+            rng = np.random.default_rng([seed, 3, zlib.crc32(case.id.encode())])
+            centres, angles, mirror = data.augmented(mined, rng, int(config.get("hard_negative_augment", 1)))
             if len(centres):
-                found.append(data.extract_patches(hu, geometry.spacing, centres.astype(float),
-                                                     float(config["patch_mm"]), int(config["patch_pixels"]),
+                found.append(data.extract_patches(hu, geometry.spacing, centres, float(config["patch_mm"]),
+                                                     int(config["patch_pixels"]), angles, mirror,
                                                      context=int(config["context_pixels"])))
                 ids += [case.id] * len(centres)
         return data.PatchSet(torch.cat(found), torch.zeros(len(ids)), ids) if found else None
 
-    def hard_negative_centres(self, model, config, hu, bone, geometry: Geometry, lesions_zyx, device
-                              ) -> tuple[np.ndarray, np.ndarray]:
+    def hard_negative_centres(self, model, config, hu, bone, geometry: Geometry, lesions_zyx, device,
+                              lesion_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(voxels zyx, scores) of the volume's highest-scoring candidates (local maxima of the
-        parsed map, as `predict` finds them) whose patch is clear of every positive (the random
-        negatives' rule), at most `hard_negatives_per_volume`, highest first."""
+        parsed map, as `predict` finds them) clear of the lesions: the patch clear of every
+        positive (the random negatives' rule), or with `lesion_mask` (the lesion-mask sampling) at
+        least `hard_negative_margin_mm` from every lesion voxel; at most
+        `hard_negatives_per_volume`, highest first."""
         prob = self.parse(model, config, hu, bone, geometry, device)
         peaks, scores = parsing.local_maxima(prob, geometry.spacing, float(config["froc_min_score"]),
                                              float(config["candidate_radius_mm"]), int(config["max_candidates"]))
-        clear = data.clear_of_positives(peaks, lesions_zyx, geometry.spacing, float(config["patch_mm"]),
-                                           float(config["exclusion_z_mm"]),
-                                           float(config.get("positive_shift_mm", 0.0)))
+        if lesion_mask is not None:
+            clear = data.clear_of_lesion_mask(peaks, lesion_mask, geometry.spacing,
+                                              float(config["hard_negative_margin_mm"]))
+        else:
+            clear = data.clear_of_positives(peaks, lesions_zyx, geometry.spacing, float(config["patch_mm"]),
+                                            float(config["exclusion_z_mm"]),
+                                            float(config.get("positive_shift_mm", 0.0)))
         n = int(config["hard_negatives_per_volume"])
         return peaks[clear][:n], scores[clear][:n]
 
