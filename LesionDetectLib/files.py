@@ -33,7 +33,7 @@ def refuse_existing(path: str | os.PathLike) -> Path:
     return path
 
 
-def _as_new(path: Path, mode: int) -> None:
+def as_new(path: Path, mode: int = 0o666) -> None:
     """Give a temporary file or folder the permissions a new one gets (mode less the umask):
     results are shared with other annotators, not private to the writer."""
     umask = os.umask(0)
@@ -62,7 +62,7 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         except OSError as exc:  # e.g. a full disk: one error naming the file, the partial one removed
             reason = full_disk_reason(dest.parent) or exc.strerror or exc
             raise input_error(dest, f"cannot be written ({reason}); nothing was written there") from None
-        _as_new(tmp_path, 0o666)  # mkstemp made it private (0600)
+        as_new(tmp_path, 0o666)  # mkstemp made it private (0600)
         if overwrite:
             os.replace(tmp_path, dest)
         else:
@@ -242,7 +242,7 @@ def atomic_dir(dest: str | os.PathLike, replaced=()) -> Iterator[Path]:
             raise input_error(dest, f"holds folders that are not part of a result ({', '.join(folders[:3])}); write "
                                     "the result into a new or empty folder")
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-    _as_new(tmp, 0o777)  # mkdtemp made it private (0700)
+    as_new(tmp, 0o777)  # mkdtemp made it private (0700)
     try:
         try:
             yield tmp

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LesionDetectError, input_error
-from .files import atomic_dir, check_free_space, fault_point, read_json, refuse_existing, write_json
+from .files import as_new, atomic_dir, check_free_space, fault_point, read_json, refuse_existing, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
@@ -77,6 +77,7 @@ def save_model(out_dir: str | os.PathLike, state_dict: dict, card: ModelCard, ov
     check_free_space(out, weights_bytes(tensors) + 2**20, "the model")
     with atomic_dir(out, replaced=[card.weights_file, CARD_FILE, *drop]) as tmp:
         save_file(tensors, str(tmp / card.weights_file), metadata={"method": card.method, "version": card.version})
+        as_new(tmp / card.weights_file)  # safetensors writes it private (0600): models are shared
         fault_point("model-between-files")
         card.weights_sha256 = sha256_of(tmp / card.weights_file)
         if not card.model_id:

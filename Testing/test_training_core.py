@@ -1,6 +1,8 @@
 """The shared trainer's pieces: config merging, schedules, devices, model files, offline weights."""
 
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -40,6 +42,10 @@ def test_model_round_trip_and_checks(tmp_path):
     state, card, _ = load_model(tmp_path / "m", method="toy", modality="CT")
     assert torch.equal(state["weight"], net.weight.detach())
     assert card.config == {"k": 1} and len(card.weights_sha256) == 64
+    umask = os.umask(0)
+    os.umask(umask)
+    # a model is shared like any result: weights and card get a new file's permissions
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "m").iterdir()} == {0o666 & ~umask}
     with pytest.raises(LesionDetectError, match="for method 'toy', not 'other'"):
         load_model(tmp_path / "m", method="other")
     with pytest.raises(LesionDetectError, match="for CT images, not MR"):
