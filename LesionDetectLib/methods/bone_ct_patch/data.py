@@ -257,11 +257,22 @@ def clear_of_lesion_mask(centres_zyx: np.ndarray, lesion_mask: np.ndarray, spaci
     """Bool per centre (integer zyx voxels): at least `margin_mm` from every lesion voxel (the
     negatives' rule of the lesion-mask sampling, `mask_training_positions`)."""
     centres = np.asarray(centres_zyx, int).reshape(-1, 3)
-    if not np.any(lesion_mask):
-        return np.ones(len(centres), bool)
+    return lesion_distance_mm(lesion_mask > 0, spacing_xyz, margin_mm)[tuple(centres.T)] >= margin_mm
+
+
+def lesion_distance_mm(lesion: np.ndarray, spacing_xyz, reach_mm: float) -> np.ndarray:
+    """Distance (mm) of every voxel to the nearest voxel of `lesion` (bool, zyx), exact below
+    `reach_mm` and inf where it is more: computed only on the box around the lesions that
+    reach can matter in (a whole-trunk distance transform per volume is seconds)."""
     sx, sy, sz = (float(v) for v in spacing_xyz)
-    distance = ndimage.distance_transform_edt(lesion_mask == 0, sampling=(sz, sy, sx))
-    return distance[tuple(centres.T)] >= margin_mm
+    distance = np.full(lesion.shape, np.inf, np.float32)
+    zyx = np.argwhere(lesion)
+    if len(zyx):
+        pad = [int(math.ceil(reach_mm / s)) + 1 for s in (sz, sy, sx)]
+        box = tuple(slice(max(int(lo) - p, 0), min(int(hi) + p + 1, dim))
+                    for lo, hi, p, dim in zip(zyx.min(0), zyx.max(0), pad, lesion.shape))
+        distance[box] = ndimage.distance_transform_edt(~lesion[box], sampling=(sz, sy, sx))
+    return distance
 
 
 class PatchSet(torch.utils.data.Dataset):
@@ -294,7 +305,6 @@ def mask_training_positions(bone: np.ndarray, lesion_mask: np.ndarray, spacing_x
     `near_mm` beyond that margin (the bone right beside a lesion, where a centre-trained
     classifier still answers "lesion"), the rest anywhere in the bone; also rotated and
     mirrored (a negative's orientation carries no information either)."""
-    sx, sy, sz = (float(v) for v in spacing_xyz)
     labels_, n = ndimage.label(lesion_mask > 0)
     pos = []
     for k, where in enumerate(ndimage.find_objects(labels_), start=1):
@@ -304,14 +314,8 @@ def mask_training_positions(bone: np.ndarray, lesion_mask: np.ndarray, spacing_x
         take = rng.choice(len(voxels), size=per_lesion, replace=len(voxels) < per_lesion)
         pos.append(voxels[take].astype(float))
     pos = np.concatenate(pos) if pos else np.zeros((0, 3))
-    distance = np.full(bone.shape, np.inf, np.float32)
-    if n:  # distances only matter within margin_mm + near_mm of a lesion: computed on that box
-        reach = margin_mm + near_mm
-        zyx = np.argwhere(labels_ > 0)
-        pad = [int(math.ceil(reach / s)) + 1 for s in (sz, sy, sx)]
-        box = tuple(slice(max(int(lo) - p, 0), min(int(hi) + p + 1, dim))
-                    for lo, hi, p, dim in zip(zyx.min(0), zyx.max(0), pad, bone.shape))
-        distance[box] = ndimage.distance_transform_edt(labels_[box] == 0, sampling=(sz, sy, sx))
+    # distances only matter within margin_mm + near_mm of a lesion
+    distance = lesion_distance_mm(labels_ > 0, spacing_xyz, margin_mm + near_mm)
     allowed = (bone > 0) & (distance >= margin_mm)
     near = allowed & (distance < margin_mm + near_mm)
     n_neg = int(round(negatives_per_positive * max(len(pos), 1)))
